@@ -1,0 +1,1 @@
+"""creditbench: the shared harness (models, registry, runner, meters, records, tables)."""

@@ -1,0 +1,149 @@
+"""Declared hyperparameters, the `name[key=value,...]` syntax, and the one error type for bad input.
+
+Methods and tasks declare their options as `Param`s; everything the user types is validated here,
+before any training starts, and every failure is a `ConfigError` whose message is one line.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+class ConfigError(ValueError):
+    """Bad input: the command line prints `error: <message>` and exits with code 2."""
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown(kind: str, word: str, choices: Sequence[str]) -> ConfigError:
+    known = ", ".join(sorted(choices)) or "none"
+    return ConfigError(f"unknown {kind} '{word}'{did_you_mean(word, choices)}; known: {known}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its default, its type, and what values are allowed."""
+
+    default: Any
+    type: type = int
+    help: str = ""
+    choices: tuple | None = None
+    check: Callable[[Any], bool] | None = None
+    allowed: str = ""  # words for the error message when `check` fails, e.g. "a positive integer"
+    optional: bool = False  # None allowed (means "derive from another option")
+
+    def parse(self, owner: str, key: str, value: Any) -> Any:
+        if value is None and (self.optional or self.default is None):
+            return None
+        if isinstance(value, str):
+            value = _from_text(value, self.type, owner, key, self._describe())
+        elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ConfigError(f"{owner}: {key}={value!r} is not {self._describe()}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{owner}: {key}={value!r} is not one of {', '.join(map(str, self.choices))}"
+                              f"{did_you_mean(str(value), [str(c) for c in self.choices])}")
+        if self.check is not None and not self.check(value):
+            raise ConfigError(f"{owner}: {key}={value!r} is not {self._describe()}")
+        return value
+
+    def _describe(self) -> str:
+        if self.allowed:
+            return self.allowed
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[self.type]
+
+
+def positive_int(default, help="", optional=False) -> Param:
+    return Param(default, int, help, check=lambda v: v > 0, allowed="a positive integer", optional=optional)
+
+
+def _from_text(text: str, typ: type, owner: str, key: str, describe: str) -> Any:
+    try:
+        if typ is bool:
+            low = text.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise ConfigError(f"{owner}: {key}={text!r} is not {describe}") from None
+
+
+def validate_params(owner: str, declared: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and validate; unknown keys are an error naming the nearest known key."""
+    for key in given:
+        if key not in declared:
+            raise unknown(f"hyperparameter of {owner}", key, list(declared))
+    return {key: spec.parse(owner, key, given.get(key, spec.default)) for key, spec in declared.items()}
+
+
+@dataclass
+class Spec:
+    """A parsed `name[key=value,...]` item of a comma-separated list."""
+
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets: 'a[x=1,y=2],b' -> ['a[x=1,y=2]', 'b']."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"unbalanced ']' in {text!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    if depth != 0:
+        raise ConfigError(f"unbalanced '[' in {text!r}")
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def parse_spec(item: str) -> Spec:
+    """'tbptt[k=5,update=sequence]' -> Spec('tbptt', {'k': '5', 'update': 'sequence'})."""
+    item = item.strip()
+    if "[" not in item:
+        if not item or "]" in item or "=" in item:
+            raise ConfigError(f"cannot read {item!r}: expected name or name[key=value,...]")
+        return Spec(item)
+    if not item.endswith("]"):
+        raise ConfigError(f"cannot read {item!r}: expected name[key=value,...]")
+    name, inner = item[: item.index("[")].strip(), item[item.index("[") + 1: -1]
+    if not name:
+        raise ConfigError(f"cannot read {item!r}: missing name before '['")
+    params: dict[str, str] = {}
+    for pair in split_top_level(inner):
+        if "=" not in pair:
+            raise ConfigError(f"{name}: cannot read {pair!r}: expected key=value")
+        key, value = (s.strip() for s in pair.split("=", 1))
+        if not key or key in params:
+            raise ConfigError(f"{name}: {'empty' if not key else 'repeated'} key in {item!r}")
+        params[key] = value
+    return Spec(name, params)
+
+
+def parse_spec_list(text: str) -> list[Spec]:
+    specs = [parse_spec(p) for p in split_top_level(text)]
+    if not specs:
+        raise ConfigError(f"empty list {text!r}")
+    return specs

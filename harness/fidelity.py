@@ -1,0 +1,106 @@
+"""Gradient fidelity against the reference gradient, as defined in DESIGN.md.
+
+The reference is the exact gradient of the summed sequence loss of the method's own network at
+the same parameters and batch: full backpropagation through time with no truncation. It is
+computed here, never by a method.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .models import Network, run
+from .task import Batch, stream_seed
+
+
+def reference_gradient(net: Network, batch: Batch) -> list[torch.Tensor]:
+    params = list(net.parameters())
+    out, _ = run(net, batch.x, net.init_carry(batch.batch_size))
+    grads = torch.autograd.grad(batch.loss(out), params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def flat(grads) -> torch.Tensor:
+    return torch.cat([g.detach().reshape(-1) for g in grads]).double()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return None
+    return float(a @ b / (na * nb))
+
+
+def rel_error(g: torch.Tensor, ref: torch.Tensor) -> float | None:
+    n = ref.norm()
+    return None if n == 0 else float((g - ref).norm() / n)
+
+
+def compare(grads, ref, names: list[str], recurrent: list[str]) -> dict:
+    """Cosine and relative error, over all parameters, the recurrent ones, and each parameter."""
+    rec = [i for i, n in enumerate(names) if n in set(recurrent)]
+    g, r = flat(grads), flat(ref)
+    return {
+        "cosine": cosine(g, r),
+        "cosine_recurrent": cosine(flat([grads[i] for i in rec]), flat([ref[i] for i in rec])) if rec else None,
+        "rel_error": rel_error(g, r),
+        "groups": {n: {"cosine": cosine(flat([a]), flat([b])), "rel_error": rel_error(flat([a]), flat([b]))}
+                   for n, a, b in zip(names, grads, ref)},
+    }
+
+
+def stochastic_figures(samples: torch.Tensor, ref: torch.Tensor, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Relative bias (debiased, with bootstrap standard error) and relative variance of K draws
+    `samples` [K, P] of an estimator of `ref` [P]."""
+    K = samples.shape[0]
+    if K < 2:
+        return {}
+    # Every statistic below is a function of the Gram matrix, so resampling costs K x K, not K x P.
+    G = (samples @ samples.T).cpu().numpy()
+    c = (samples @ ref).cpu().numpy()
+    rr = float(ref @ ref)
+
+    def bias_and_var(idx):
+        w = np.bincount(np.asarray(idx, dtype=int), minlength=K).astype(float)
+        mm = w @ G @ w / K**2                       # |m|^2
+        spread = w @ np.diag(G) - K * mm            # sum_k |g_k - m|^2
+        v = spread / ((K - 1) * rr)
+        dist2 = (mm - 2 * (w @ c) / K + rr) / rr    # |m - g*|^2 / |g*|^2
+        return np.sqrt(max(0.0, dist2 - v / K)), v, dist2
+
+    b, v, dist2 = bias_and_var(np.arange(K))
+    boot = stats.bootstrap((np.arange(K),), lambda idx: bias_and_var(idx)[0], vectorized=False,
+                           n_resamples=n_boot, method="percentile",
+                           rng=np.random.default_rng(seed))
+    se = float(boot.standard_error)
+    return {"rel_bias": float(b), "rel_bias_se": se, "rel_variance": float(v),
+            "rel_bias_raw": float(np.sqrt(max(dist2, 0.0))), "bias_detected": bool(b > 2 * se),
+            "samples": K}
+
+
+def measure(method, net: Network, batch: Batch, seed: int, samples: int) -> dict:
+    """Fidelity of `method` on `batch` at the network's current parameters."""
+    names = [n for n, _ in net.named_parameters()]
+    ref = reference_gradient(net, batch)
+    K = samples if method.gradient_kind == "stochastic" else 1
+    draws, per = [], []
+    for k in range(K):
+        rng = torch.Generator().manual_seed(stream_seed(seed * 100_003 + k, "method"))
+        _, grads = method.gradient(net, batch, rng)
+        per.append(compare(grads, ref, names, net.recurrent_parameter_names()))
+        draws.append(flat(grads))
+    result = per[0]
+    if K > 1:
+        mean_of = lambda key: _mean([p[key] for p in per])
+        result = {"cosine": mean_of("cosine"), "cosine_recurrent": mean_of("cosine_recurrent"),
+                  "rel_error": mean_of("rel_error"),
+                  "groups": {n: {"cosine": _mean([p["groups"][n]["cosine"] for p in per])} for n in names}}
+        result.update(stochastic_figures(torch.stack(draws), flat(ref), seed=seed))
+    result["ref_norm"] = float(flat(ref).norm())
+    return result
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None

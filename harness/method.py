@@ -1,0 +1,120 @@
+"""The method contract. A method is one module in `methods/` with one `Method` subclass.
+
+It declares its name, a one-line description, its paper, whether its gradient is exact,
+deterministic-approximate or stochastic, and its hyperparameters (validated before training).
+It implements `gradient` (its estimate of the sequence-loss gradient at fixed parameters) and,
+when it updates more than once per sequence, `train_step`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from .config import ConfigError, Param, validate_params
+from .models import Network, build_network
+from .task import Batch
+
+GRADIENT_KINDS = ("exact", "approximate", "stochastic")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a method may need to know about the run before it starts."""
+
+    cell: str
+    input_size: int
+    hidden_size: int
+    output_size: int
+    num_steps: int        # L of a training sequence
+    batch_size: int
+    dtype: torch.dtype = torch.float32
+
+
+class Updater:
+    """Applies one parameter update: gradient-norm clipping, then the optimizer."""
+
+    def __init__(self, net: Network, optimizer: torch.optim.Optimizer, clip: float | None):
+        self.params = [p for p in net.parameters()]
+        self.optimizer, self.clip = optimizer, clip
+        self.updates = 0
+
+    def apply(self, grads: Sequence[torch.Tensor] | None = None) -> None:
+        """Update from `grads` (aligned with the network's parameters) or from `.grad`."""
+        if grads is not None:
+            for p, g in zip(self.params, grads):
+                p.grad = g
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+
+
+class Method:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    gradient_kind: ClassVar[str] = "exact"
+    hyperparameters: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any):
+        if self.gradient_kind not in GRADIENT_KINDS:
+            raise ConfigError(f"method {self.name}: gradient_kind must be one of {GRADIENT_KINDS}")
+        self.params = validate_params(f"method {self.name}", self.hyperparameters, params)
+        for key, value in self.params.items():
+            setattr(self, key, value)
+        self.validate()
+
+    # --- what a method may override ------------------------------------------------------------
+    def validate(self) -> None:
+        """Check combinations of hyperparameters; raise ConfigError."""
+
+    def check(self, spec: RunSpec) -> None:
+        """Check the method against the run (cell, sizes, memory); raise ConfigError."""
+
+    def build_network(self, spec: RunSpec) -> Network:
+        return build_network(spec.cell, spec.input_size, spec.hidden_size, spec.output_size)
+
+    def gradient(self, net: Network, batch: Batch, rng: torch.Generator) -> tuple[float, list[torch.Tensor]]:
+        """(loss, gradient estimate aligned with net.parameters()) over the whole sequence, at fixed
+        parameters, without changing them."""
+        raise NotImplementedError
+
+    def train_step(self, net: Network, batch: Batch, updater: Updater, rng: torch.Generator) -> float:
+        """Train on one batch of whole sequences; default: one update per sequence."""
+        loss, grads = self.gradient(net, batch, rng)
+        updater.apply(grads)
+        return loss
+
+    def state_bytes(self) -> int:
+        """Bytes of carried state outside autograd at its largest during the last step."""
+        return 0
+
+    # --- shared --------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """`name[k=v,...]` with the values that differ from the defaults."""
+        changed = {k: v for k, v in self.params.items() if v != self.hyperparameters[k].default}
+        return self.name + (f"[{','.join(f'{k}={v}' for k, v in changed.items())}]" if changed else "")
+
+
+def tensor_bytes(*objs) -> int:
+    """Bytes of the tensors in (nested tuples, lists or dicts of) `objs`."""
+    total = 0
+    for o in objs:
+        if isinstance(o, torch.Tensor):
+            total += o.numel() * o.element_size()
+        elif isinstance(o, (tuple, list)):
+            total += tensor_bytes(*o)
+        elif isinstance(o, dict):
+            total += tensor_bytes(*o.values())
+    return total
+
+
+def grads_of(loss: torch.Tensor, net: Network) -> list[torch.Tensor]:
+    """d loss / d parameters, with zeros for parameters the loss does not reach."""
+    params = list(net.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

@@ -1,0 +1,1 @@
+"""Credit-assignment methods: one module each, found by `harness.registry`."""
