@@ -58,6 +58,8 @@ class Method:
     paper: ClassVar[str] = ""
     gradient_kind: ClassVar[str] = "exact"
     hyperparameters: ClassVar[dict[str, Param]] = {}
+    # hyperparameter sets the conformance suite runs (tests/test_conformance.py), e.g. a short window
+    test_params: ClassVar[list[dict]] = [{}]
 
     def __init__(self, **params: Any):
         if self.gradient_kind not in GRADIENT_KINDS:

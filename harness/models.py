@@ -111,6 +111,10 @@ class Network(nn.Module):
         """The hidden state h_t [B, H] inside the carry (for credit-by-lag measurements)."""
         raise NotImplementedError
 
+    def forward(self, x: torch.Tensor, carry: Carry = None) -> tuple[torch.Tensor, Carry]:
+        """The whole sequence x [L, B, in] -> (outputs [L, B, out], final carry)."""
+        return run(self, x, self.init_carry(x.shape[1]) if carry is None else carry)
+
     def recurrent_parameter_names(self) -> list[str]:
         """Parameters that act through the recurrence (everything but the readout)."""
         return [n for n, _ in self.named_parameters() if not n.startswith("readout.")]

@@ -3,7 +3,9 @@
 update=window (default): every k1 steps, backpropagate k2 >= k1 steps, injecting only the losses
 of the last k1 steps, and update the parameters. For k2 > k1 the overlap is rerun from the
 stored detached state at step e - k2 with the current parameters (the graph built before the
-last update is stale). The final partial window is kept: on the copy task it holds every target.
+last update is stale). The final partial window is kept (on the copy task it holds every target) and reaches back as far
+before its start as the others, so with k1 = k2 the windows are the disjoint chunks that
+update=sequence detaches, and both give the same gradient at fixed parameters.
 
 update=sequence: one graph over the whole sequence with the hidden state detached every k steps,
 one update per sequence (the truncated baseline of the SAB release).
@@ -31,6 +33,8 @@ class TBPTT(Method):
                         choices=("window", "sequence")),
     }
 
+    test_params = [{}, {"k": 2}, {"k1": 2, "k2": 3}, {"k": 3, "update": "sequence"}]
+
     def validate(self):
         self.k1 = self.k1 or self.k
         self.k2 = self.k2 or self.k
@@ -44,7 +48,7 @@ class TBPTT(Method):
     def windows(self, L):
         """(start of the rerun, first step whose loss counts, end) of each window."""
         ends = list(range(self.k1, L, self.k1)) + [L]
-        return [(max(0, e - self.k2), e - min(self.k1, e - b), e) for b, e in zip([0] + ends, ends)]
+        return [(max(0, b - (self.k2 - self.k1)), b, e) for b, e in zip([0] + ends, ends)]
 
     def window_losses(self, net, batch):
         """Yield each window's loss as a graph over its last k2 steps; the caller may update the

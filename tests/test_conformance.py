@@ -1,0 +1,84 @@
+"""One suite over every registered method (and each of its `test_params`), every cell and task.
+
+A method that does not support a cell must refuse it in `check` with a one-line ConfigError.
+"""
+import copy
+
+import pytest
+import torch
+
+from harness.config import ConfigError
+from harness.fidelity import flat, reference_gradient
+from harness.method import GRADIENT_KINDS, Updater
+from harness.registry import METHODS
+from conftest import build, tiny_batch
+
+CASES = [(name, params) for name in METHODS.names() for params in METHODS.get(name).test_params]
+IDS = [f"{n}{p or ''}" for n, p in CASES]
+
+
+def make(name, params, cell, task_name="copy", batch_size=2):
+    task, batch = tiny_batch(task_name, seq_len=3, batch=batch_size)
+    method = METHODS.get(name)(**params)
+    try:
+        net, spec = build(method, cell, task, batch_size)
+        method.check(spec)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        pytest.skip(f"{name} refuses {cell}: {exc}")
+    return method, net, batch
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_declares_itself(name, params):
+    cls = METHODS.get(name)
+    assert cls.description and cls.paper and cls.gradient_kind in GRADIENT_KINDS
+    assert cls(**params).label.startswith(name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("task_name", ["copy", "adding"])
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_gradient_shapes_fidelity_and_no_side_effects(name, params, cell, task_name):
+    method, net, batch = make(name, params, cell, task_name)
+    before = copy.deepcopy(net.state_dict())
+    loss, grads = method.gradient(net, batch, torch.Generator().manual_seed(0))
+    for (n, p), g in zip(net.named_parameters(), grads):
+        assert g.shape == p.shape, n
+        assert torch.isfinite(g).all(), n
+    assert isinstance(loss, float)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), f"gradient() changed {k}"
+    ref = flat(reference_gradient(net, batch))
+    err = ((flat(grads) - ref).norm() / ref.norm()).item()
+    if method.gradient_kind == "exact":
+        assert err < 1e-10
+    else:
+        assert err == err  # finite; approximate methods are characterised, not bounded, here
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_training_is_deterministic_and_updates(name, params, cell):
+    results = []
+    for _ in range(2):
+        method, net, _ = make(name, params, cell)
+        task, _ = tiny_batch("copy", seq_len=3, batch=2)
+        stream = task.stream(0, "train", 2)
+        updater = Updater(net, torch.optim.Adam(net.parameters(), lr=1e-2), clip=1.0)
+        rng = torch.Generator().manual_seed(0)
+        start = [p.detach().clone() for p in net.parameters()]
+        losses = [method.train_step(net, next(stream).to(dtype=torch.float64), updater, rng) for _ in range(2)]
+        assert updater.updates >= 2
+        assert any(not torch.equal(a, p) for a, p in zip(start, net.parameters()))
+        results.append((losses, [p.detach().clone() for p in net.parameters()]))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_state_bytes_is_a_count(name, params):
+    method, net, batch = make(name, params, "rnn")
+    updater = Updater(net, torch.optim.SGD(net.parameters(), lr=1e-3), clip=None)
+    method.train_step(net, batch, updater, torch.Generator().manual_seed(0))
+    assert isinstance(method.state_bytes(), int) and method.state_bytes() >= 0
