@@ -102,7 +102,10 @@ def build_configs(args) -> list[runner.RunConfig]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one-line error (or --help)
+        return exc.code
     try:
         configs = build_configs(args)
         runner.check_writable(args.out)

@@ -2,8 +2,9 @@
 
 Saved bytes: the peak, over one training step, of the bytes autograd holds for backward at the
 same moment. Every tensor autograd saves passes through a `saved_tensors_hooks` pack hook; each
-storage counts once however many saved tensors view it, parameters are excluded, and a storage is
-released when the last graph node holding it is freed (the packed handle's finaliser).
+storage counts once however many saved tensors view it; parameters and the batch's own data are
+excluded (they exist whatever the method does); a storage is released when the last graph node
+holding it is freed (the packed handle's finaliser).
 """
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ def train(cfg: RunConfig, progress: bool = False) -> dict:
         batch = next(train_stream).to(device, dtype)
         before = updater.updates
         if step == 1:  # the first step is a warm-up step: measure memory there, not time
-            meter = SavedBytesMeter(list(net.parameters()))
+            meter = SavedBytesMeter(list(net.parameters()) + batch.tensors())
             with cuda_peak(device, memory), meter.measure(), timer.step() as box:
                 loss = method.train_step(net, batch, updater, rng)
                 box["updates"] = updater.updates - before

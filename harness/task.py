@@ -45,6 +45,9 @@ class Batch:
                        mask=self.mask.to(device=device, dtype=dtype),
                        score_mask=self.score_mask.to(device=device, dtype=dtype))
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.x, self.y, self.mask, self.score_mask]
+
     def position_losses(self, out: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Per-position losses [stop-start, B] of outputs `out` for steps start..stop-1 (unmasked)."""
         y = self.y[start:stop]
