@@ -45,6 +45,10 @@ def make_parser() -> Parser:
                    help="horizon T of the training sequences (comma-separated for several); default: each task's own")
     p.add_argument("--eval-seq-len", type=positive, default=None,
                    help="horizon of the test sequences, to measure generalisation to longer ones; default: --seq-len")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder of data files, for the tasks that read one (their option data_dir)")
+    p.add_argument("--data-file", type=Path, default=None,
+                   help="data file, for the tasks that read one (their option data_file)")
     p.add_argument("--cell", choices=sorted(CELLS), default="lstm")
     p.add_argument("--hidden", type=positive, default=64)
     p.add_argument("--batch", type=positive, default=32)
@@ -75,18 +79,40 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# command-line options handed to every task that declares the hyperparameter of the same name
+DATA_OPTIONS = {"data_dir": "--data-dir", "data_file": "--data-file"}
+
+
+def task_params(task_cls, given: dict, args) -> dict:
+    params = dict(given)
+    for key in DATA_OPTIONS:
+        value = getattr(args, key, None)
+        if value is not None and key in task_cls.hyperparameters and key not in params:
+            params[key] = str(value.expanduser().resolve())
+    return params
+
+
+def check_data_options(task_classes, args) -> None:
+    for key, flag in DATA_OPTIONS.items():
+        if getattr(args, key, None) is not None and not any(key in c.hyperparameters for c in task_classes):
+            raise ConfigError(f"{flag} is given but none of the tasks ({', '.join(c.name for c in task_classes)}) "
+                              f"takes a {key}")
+
+
 def build_configs(args) -> list[runner.RunConfig]:
     methods, tasks = parse_spec_list(args.methods), parse_spec_list(args.tasks)
     device = resolve_device(args.device)
+    check_data_options([TASKS.get(t.name) for t in tasks], args)
     configs = []
     for t in tasks:
         task_cls = TASKS.get(t.name)
+        params = task_params(task_cls, t.params, args)
         for T in args.seq_len or [task_cls.default_seq_len]:
             for m in methods:
                 METHODS.get(m.name)
                 for seed in range(args.seeds):
                     configs.append(runner.RunConfig(
-                        method=m.name, method_params=dict(m.params), task=t.name, task_params=dict(t.params),
+                        method=m.name, method_params=dict(m.params), task=t.name, task_params=dict(params),
                         seq_len=T, eval_seq_len=args.eval_seq_len, cell=args.cell, hidden=args.hidden,
                         batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr,
                         clip=args.clip or None, seed=seed, device=device, dtype=args.dtype, threads=args.threads,

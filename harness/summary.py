@@ -12,6 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .store import write_atomic
+from .task import SCORES
 
 GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden"]
 COLUMNS = GROUP + ["n_params", "seeds", "failed", "metric", "score_mean", "score_std", "chance",
@@ -111,7 +112,7 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
         })
     shown = pd.DataFrame(rows)
     # one score column per metric would be clearer than a mixed one: merge into "score (metric)"
-    metric_cols = [c for c in shown.columns if c in ("accuracy", "mse", "score")]
+    metric_cols = [c for c in shown.columns if c in (*SCORES, "score")]
     if metric_cols:
         shown.insert(5, "score", shown[metric_cols].bfill(axis=1).iloc[:, 0].fillna(""))
         shown["score"] = [f"{s} ({m})" if s else "" for s, m in zip(shown["score"], df["metric"])]

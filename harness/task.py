@@ -6,7 +6,9 @@ sequence loss and window gradients add up to the sequence gradient.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
@@ -16,6 +18,10 @@ import torch.nn.functional as F
 from .config import ConfigError, Param, validate_params
 
 LOSSES = ("cross_entropy", "mse")
+# score kinds and whether higher is better; "nmse" is the MSE of targets the task has standardised
+# (zero mean, unit variance), so predicting the mean scores 1; "bits" is cross-entropy in bits.
+SCORES = {"accuracy": True, "mse": False, "nmse": False, "bits": False}
+DEFAULT_SCORE = {"cross_entropy": "accuracy", "mse": "mse"}
 SPLITS = {"train": 0, "test": 1, "fidelity": 2, "validation": 3, "method": 4, "init": 5}
 
 
@@ -26,6 +32,10 @@ class Batch:
     mask: torch.Tensor        # [L, B] where the loss counts (float 0/1)
     score_mask: torch.Tensor  # [L, B] where the score counts
     loss_kind: str            # one of LOSSES
+    score_kind: str = ""      # one of SCORES; default: accuracy for cross_entropy, mse for mse
+
+    def __post_init__(self):
+        self.score_kind = self.score_kind or DEFAULT_SCORE[self.loss_kind]
 
     @property
     def num_steps(self) -> int:
@@ -62,8 +72,10 @@ class Batch:
 
     def score_sums(self, out: torch.Tensor) -> tuple[float, float]:
         """(sum of per-position scores, number of scored positions) for outputs of the whole sequence."""
-        if self.loss_kind == "cross_entropy":
+        if self.score_kind == "accuracy":
             per = (out.argmax(-1) == self.y).to(self.score_mask.dtype)
+        elif self.score_kind == "bits":
+            per = self.position_losses(out, 0, self.num_steps) / math.log(2)
         else:
             per = ((out - self.y) ** 2).mean(-1)
         return float((per * self.score_mask).sum()), float(self.score_mask.sum())
@@ -76,6 +88,7 @@ class Task:
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     loss_kind: ClassVar[str] = "cross_entropy"   # cross_entropy -> score is accuracy; mse -> score is MSE
+    score_kind: ClassVar[str | None] = None       # one of SCORES, to score otherwise (charlm: bits)
     default_seq_len: ClassVar[int] = 50
     hyperparameters: ClassVar[dict[str, Param]] = {}
 
@@ -108,13 +121,18 @@ class Task:
         raise NotImplementedError
 
     # --- shared --------------------------------------------------------------------------------
+    @classmethod
+    def example(cls, workdir: Path) -> "Task":
+        """A tiny instance for the test suites (a task reading files writes small ones under `workdir`)."""
+        return cls(min(cls.default_seq_len, 4))
+
     @property
     def metric(self) -> str:
-        return "accuracy" if self.loss_kind == "cross_entropy" else "mse"
+        return self.score_kind or DEFAULT_SCORE[self.loss_kind]
 
     @property
     def higher_is_better(self) -> bool:
-        return self.loss_kind == "cross_entropy"
+        return SCORES[self.metric]
 
     def stream(self, seed: int, split: str, batch_size: int) -> Iterator[Batch]:
         """Endless batches; streams of different splits or seeds are independent."""
@@ -125,7 +143,7 @@ class Task:
     def batch(self, L: int, B: int, x, y, mask=None, score_mask=None) -> Batch:
         mask = torch.ones(L, B) if mask is None else mask.float()
         score_mask = mask if score_mask is None else score_mask.float()
-        return Batch(x, y, mask, score_mask, self.loss_kind)
+        return Batch(x, y, mask, score_mask, self.loss_kind, self.metric)
 
 
 def stream_seed(seed: int, split: str) -> int:
