@@ -77,6 +77,9 @@ class Task:
     reference: ClassVar[str] = ""
     loss_kind: ClassVar[str] = "cross_entropy"   # cross_entropy -> score is accuracy; mse -> score is MSE
     default_seq_len: ClassVar[int] = 50
+    # score at which a run counts as having solved the task (compared in the direction of
+    # `higher_is_better`); None: the task declares no threshold and tables show no solved fraction
+    solved_threshold: ClassVar[float | None] = None
     hyperparameters: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, seq_len: int, **params: Any):
