@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import runner, summary
+from . import report, runner, summary
 from .config import ConfigError, parse_spec_list
 from .models import CELLS
 from .registry import METHODS, TASKS
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     records = runner.run_all(configs, args.out, progress=not args.quiet)
     table = summary.write(summary.summarise(records), args.out)
     print(table)
+    print(f"\nreport: {report.write(args.out, records)}")
     print(f"\nrecords: {args.out / 'runs'}; tables: {args.out / 'summary.md'}, summary.csv, summary.tex")
     failed = [r for r in records if r and r.get("status") != "ok"]
     for r in failed:

@@ -58,6 +58,9 @@ class Method:
     paper: ClassVar[str] = ""
     gradient_kind: ClassVar[str] = "exact"
     hyperparameters: ClassVar[dict[str, Param]] = {}
+    # credit by lag (harness/credit.py): "autograd" measures it with hooks on the hidden states while
+    # `gradient` runs; None where the gradient does not flow back through them by autograd
+    credit_by_lag: ClassVar[str | None] = "autograd"
     # hyperparameter sets the conformance suite runs (tests/test_conformance.py), e.g. a short window
     test_params: ClassVar[list[dict]] = [{}]
 

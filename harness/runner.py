@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import fidelity, store
+from . import credit, fidelity, store
 from .config import ConfigError
 from .meters import SavedBytesMeter, StepTimer, cuda_peak, synchronize
 from .method import Method, RunSpec, Updater
@@ -152,7 +152,8 @@ def train(cfg: RunConfig, progress: bool = False) -> dict:
     timer = StepTimer(device)
     record = {"n_params": sum(p.numel() for p in net.parameters()), "method_label": method.label,
               "gradient_kind": method.gradient_kind, "chance": task.chance, "metric": task.metric,
-              "higher_is_better": task.higher_is_better, "num_steps": task.num_steps,
+              "higher_is_better": task.higher_is_better, "solved_threshold": task.solved_threshold,
+              "num_steps": task.num_steps,
               "eval_num_steps": eval_task.num_steps, "curve": [], "fidelity": [], "status": "running"}
     memory = {}
     wall, losses = 0.0, []
@@ -196,6 +197,8 @@ def train(cfg: RunConfig, progress: bool = False) -> dict:
     record["time"] = {**timer.summary(min(cfg.warmup, max(len(timer.times) - 1, 0))), "threads": cfg.threads}
     record["final"] = {"score": record["curve"][-1]["score"], "test_loss": record["curve"][-1]["test_loss"]}
     if record["status"] == "running":
+        record["credit_by_lag"] = credit.measure(method, net, fid_batch,
+                                                 torch.Generator().manual_seed(stream_seed(cfg.seed, "method")))
         record["status"] = "ok"
     return record
 

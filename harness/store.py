@@ -11,7 +11,7 @@ from pathlib import Path
 
 HARNESS = Path(__file__).resolve().parent
 # Code whose change changes a result; editing tables, plots or the command line does not rerun.
-MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "runner.py"]
+MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "runner.py", "credit.py"]
 
 
 def source_hash(*classes) -> str:

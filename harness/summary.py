@@ -11,11 +11,16 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from . import stats
 from .store import write_atomic
 from .task import SCORES
 
 GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden"]
-COLUMNS = GROUP + ["n_params", "seeds", "failed", "metric", "score_mean", "score_std", "chance",
+# rows compared with each other by the test against the best: same task, horizon and model
+PEERS = [c for c in GROUP if c not in ("method", "params")]
+COLUMNS = GROUP + ["n_params", "seeds", "failed", "metric", "score_mean", "score_std", "score_ci_low",
+                   "score_ci_high", "solved_threshold", "solved_frac", "sequences_to_solve_median",
+                   "higher_is_better", "best", "p_vs_best", "differs_from_best", "no_test_reason", "chance",
                    "time_ms_per_step", "time_ms_per_update", "updates_per_step", "saved_bytes", "state_bytes",
                    "cuda_peak_bytes", "grad_cosine", "grad_cosine_recurrent", "grad_rel_error",
                    "grad_cosine_recurrent_init", "grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance",
@@ -35,6 +40,10 @@ def record_row(r: dict) -> dict:
            "threads": cfg.get("threads"), "device": cfg.get("device")}
     if r.get("status") != "ok":
         return row
+    threshold, higher = _threshold(r), r.get("higher_is_better", True)
+    row.update(solved_threshold=threshold, higher_is_better=higher,
+               solved=stats.reached(r["final"]["score"], threshold, higher) if threshold is not None else None,
+               sequences_to_solve=stats.sequences_to_solve(r.get("curve", []), threshold, higher))
     time_, mem = r.get("time", {}), r.get("memory", {})
     fid = r.get("fidelity") or [{}]
     last, first = fid[-1], fid[0]
@@ -46,6 +55,18 @@ def record_row(r: dict) -> dict:
                grad_cosine_recurrent_init=first.get("cosine_recurrent"), grad_rel_bias=last.get("rel_bias"),
                grad_rel_bias_se=last.get("rel_bias_se"), grad_rel_variance=last.get("rel_variance"))
     return row
+
+
+def _threshold(r: dict) -> float | None:
+    """The task's solved threshold from the record; records written before it was stored ask the
+    task class."""
+    if "solved_threshold" in r:
+        return r["solved_threshold"]
+    try:
+        from .registry import TASKS
+        return TASKS.get(r["config"]["task"]).solved_threshold
+    except Exception:  # noqa: BLE001 - a task that is not installed here: no threshold
+        return None
 
 
 def _mean(s: pd.Series):
@@ -67,13 +88,48 @@ def summarise(records: list[dict]) -> pd.DataFrame:
                    if g["metric"].notna().any() else "", chance=_mean(g["chance"]),
                    threads=g["threads"].iloc[0], device=g["device"].iloc[0])
         if len(ok):
-            row["score_mean"] = _mean(ok["score"])
+            row["score_mean"], row["score_ci_low"], row["score_ci_high"] = stats.mean_ci(ok["score"])
             row["score_std"] = float(ok["score"].std(ddof=1)) if len(ok) > 1 else np.nan
+            row["scores"] = list(ok["score"])
+            row["higher_is_better"] = bool(ok["higher_is_better"].iloc[0])
+            threshold = ok["solved_threshold"].iloc[0]
+            if threshold is not None and not pd.isna(threshold):
+                row["solved_threshold"] = threshold
+                row["solved_frac"] = float(ok["solved"].astype(bool).mean())
+                # over the seeds that solved it (the solved fraction says how many did)
+                row["sequences_to_solve_median"] = stats.median_or_nan(ok.loc[ok["solved"].astype(bool),
+                                                                              "sequences_to_solve"])
             for col in COLUMNS:
                 if col not in row and col in ok:
                     row[col] = _mean(ok[col])
         out.append(row)
-    return pd.DataFrame(out).reindex(columns=COLUMNS)
+    table = pd.DataFrame(out)
+    compare_with_best(table)
+    return table.reindex(columns=COLUMNS)
+
+
+def compare_with_best(table: pd.DataFrame, alpha: float = stats.ALPHA) -> None:
+    """Mark the best mean score among rows of the same task, horizon and model, and test every
+    other row against it (Welch, two-sided, only with enough seeds on each side)."""
+    for col in ("best", "p_vs_best", "differs_from_best", "no_test_reason"):
+        table[col] = None
+    if "scores" not in table:
+        return
+    for _, g in table.groupby(PEERS, sort=False, dropna=False):
+        g = g[g["score_mean"].notna()]
+        if g.empty:
+            continue
+        higher = bool(g["higher_is_better"].iloc[0])
+        best = g["score_mean"].idxmax() if higher else g["score_mean"].idxmin()
+        table.loc[g.index, "best"] = False
+        table.at[best, "best"] = True
+        for i in g.index:
+            if i == best:
+                continue
+            result = stats.welch(table.at[i, "scores"], table.at[best, "scores"], alpha)
+            table.at[i, "p_vs_best"] = result.p_value
+            table.at[i, "differs_from_best"] = result.significant
+            table.at[i, "no_test_reason"] = result.reason or None
 
 
 def _bytes(v) -> str:
@@ -89,11 +145,31 @@ def _num(v, fmt="{:.3f}") -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
 
 
+def _score(r) -> str:
+    text = _num(r["score_mean"])
+    if text and not pd.isna(r["score_ci_low"]):
+        text += f" [{_num(r['score_ci_low'])}, {_num(r['score_ci_high'])}]"
+    return text + ("*" if r.get("differs_from_best") is True else "")
+
+
+def _vs_best(r) -> str:
+    if r.get("best") is True:
+        return "best"
+    if r.get("p_vs_best") is not None and not pd.isna(r.get("p_vs_best")):
+        return f"p={r['p_vs_best']:.3g}" + ("*" if r["differs_from_best"] else "")
+    return "no test" if r.get("best") is False else ""
+
+
+def _solved(r) -> str:
+    if pd.isna(r["solved_frac"]) or not r["seeds"]:
+        return ""
+    return f"{round(r['solved_frac'] * r['seeds'])}/{r['seeds']}"
+
+
 def display(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader compares, formatted; the CSV keeps every raw number."""
     rows = []
     for _, r in df.iterrows():
-        score = _num(r["score_mean"]) + (f" ± {_num(r['score_std'])}" if not pd.isna(r["score_std"]) else "")
         bias = ""
         if not pd.isna(r["grad_rel_bias"]):
             bias = f"{r['grad_rel_bias']:.3f} ± {r['grad_rel_bias_se']:.3f}"
@@ -103,7 +179,8 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             else f"{r['seq_len']}→{r['eval_seq_len']}",
             "cell": f"{r['cell']}-{r['hidden']}", "seeds": f"{r['seeds']}" + (f" ({r['failed']} failed)"
                                                                                   if r["failed"] else ""),
-            r["metric"] or "score": score, "chance": _num(r["chance"]),
+            r["metric"] or "score": _score(r), "vs best": _vs_best(r), "chance": _num(r["chance"]),
+            "solved": _solved(r), "seqs to solve": _num(r["sequences_to_solve_median"], "{:.0f}"),
             "ms/step": _num(r["time_ms_per_step"], "{:.1f}"), "ms/update": _num(r["time_ms_per_update"], "{:.2f}"),
             "saved": _bytes(r["saved_bytes"]), "state": _bytes(r["state_bytes"]),
             "cos": _num(r["grad_cosine"], "{:.4f}"), "cos rec": _num(r["grad_cosine_recurrent"], "{:.4f}"),
@@ -120,11 +197,31 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     return shown.loc[:, (shown != "").any(axis=0)]
 
 
-FOOTNOTE = ("score: mean ± sample std over seeds on held-out batches at the evaluation horizon; "
+FOOTNOTE = ("score: mean over seeds on held-out batches at the evaluation horizon, with its "
+            f"{stats.LEVEL:.0%} Student-t interval [low, high] (none with one seed); vs best: Welch's t-test "
+            "of the seeds' scores against the best mean of the same task, horizon and model, two-sided, "
+            f"alpha = {stats.ALPHA}, * where significant; solved: seeds whose final score reaches the task's "
+            "threshold ({thresholds}); seqs to solve: median over those seeds of the training sequences "
+            "seen at the first evaluation that reached it; "
             "ms/step: median wall-clock per training step after warm-up; saved: peak bytes held by "
             "autograd during one step; state: the method's carried state; cos, cos rec, rel err: "
             "gradient fidelity against full BPTT at the end of training (cos rec: recurrent "
             "parameters only); rel bias, rel var: stochastic methods only.")
+
+
+def footnote(df: pd.DataFrame) -> str:
+    """FOOTNOTE with the thresholds in use, and a sentence on the tests that could not be run."""
+    thresholds = ", ".join(f"{task.split('[')[0]}: {metric} {'>=' if hib else '<='} {t:g}"
+                           for task, metric, hib, t in
+                           df.dropna(subset=["solved_threshold"])
+                           [["task", "metric", "higher_is_better", "solved_threshold"]].drop_duplicates().itertuples(index=False))
+    text = FOOTNOTE.replace("{thresholds}", thresholds or "none declared")
+    untested = df[(df["best"] == False) & df["p_vs_best"].isna()]  # noqa: E712
+    if len(untested):
+        reasons = sorted(set(untested["no_test_reason"].dropna()))
+        text += (f" No test was possible for {len(untested)} of the rows compared with a best ("
+                 f"{'; '.join(reasons)}; the test needs at least {stats.MIN_SEEDS_FOR_TEST} seeds per side).")
+    return text
 
 
 def write(df: pd.DataFrame, out: Path) -> str:
@@ -132,7 +229,7 @@ def write(df: pd.DataFrame, out: Path) -> str:
     shown = display(df) if len(df) else pd.DataFrame()
     md = tabulate(shown, headers="keys", tablefmt="github", showindex=False)
     write_atomic(out / "summary.csv", df.to_csv(index=False))
-    write_atomic(out / "summary.md", md + "\n\n" + FOOTNOTE + "\n")
+    write_atomic(out / "summary.md", md + "\n\n" + footnote(df) + "\n")
     write_atomic(out / "summary.tex", tabulate(shown, headers="keys", tablefmt="latex_booktabs",
                                                showindex=False) + "\n")
     return md

@@ -90,6 +90,9 @@ class Task:
     loss_kind: ClassVar[str] = "cross_entropy"   # cross_entropy -> score is accuracy; mse -> score is MSE
     score_kind: ClassVar[str | None] = None       # one of SCORES, to score otherwise (charlm: bits)
     default_seq_len: ClassVar[int] = 50
+    # score at which a run counts as having solved the task (compared in the direction of
+    # `higher_is_better`); None: the task declares no threshold and tables show no solved fraction
+    solved_threshold: ClassVar[float | None] = None
     hyperparameters: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, seq_len: int, **params: Any):

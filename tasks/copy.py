@@ -23,6 +23,7 @@ class Copy(Task):
     description = "recall 10 symbols after T steps (SAB release layout, L = T + 20)"
     reference = "Hochreiter and Schmidhuber 1997; Arjovsky et al. 2016; Ke et al. 2018 (SAB)"
     loss_kind = "cross_entropy"
+    solved_threshold = 0.99   # accuracy on the 10 recalled symbols
     default_seq_len = 5   # the recall lags the symbols by T + 10 steps: beyond tbptt's default k=10
     hyperparameters = {
         "encoding": Param("onehot", str, "input coding of the symbol ids", choices=("onehot", "scalar")),
