@@ -88,7 +88,7 @@ class Task:
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     loss_kind: ClassVar[str] = "cross_entropy"   # cross_entropy -> score is accuracy; mse -> score is MSE
-    score_kind: ClassVar[str | None] = None       # one of SCORES, to score otherwise (charlm: bits)
+    score_kind: ClassVar[str | None] = None       # one of SCORES, to score otherwise (e.g. bits per character)
     default_seq_len: ClassVar[int] = 50
     # score at which a run counts as having solved the task (compared in the direction of
     # `higher_is_better`); None: the task declares no threshold and tables show no solved fraction

@@ -107,7 +107,7 @@ class SeqMnist(PixelSequence):
 
     @classmethod
     def example(cls, workdir):
-        """4x4 'images' whose class is the brightest quarter's index (a learnable toy), 16 steps."""
+        """4x4 "images" whose brightest pixel is at the index of their class (a learnable toy), 16 steps."""
         rng = np.random.default_rng(0)
         folder = Path(workdir) / "mnist"
         folder.mkdir(parents=True, exist_ok=True)

@@ -296,12 +296,15 @@ def test_charlm_bad_files(tmp_path, content, message):
 def test_mimic_chance_teacher_and_time_constant():
     task = TASKS.get("mimic")(40)
     batch = next(task.stream(0, "test", 3000))
-    assert batch.y.shape == (40, 3000, 2) and (batch.mask == 1).all() and task.metric == "nmse"
+    assert task.num_steps == 30 + 40 and batch.y.shape == (70, 3000, 2) and task.metric == "nmse"
+    assert batch.mask[:30].sum() == 0 and (batch.mask[30:] == 1).all()   # scored after the washout
     score, count = batch.score_sums(torch.zeros_like(batch.y))     # predicting the mean
     assert score / count == pytest.approx(task.chance, abs=0.04)
     again = TASKS.get("mimic")(40)
     assert torch.equal(task.W, again.W) and torch.equal(task.V, again.V)   # fixed by teacher_seed, not the run seed
     assert not torch.equal(task.W, TASKS.get("mimic")(40, teacher_seed=1).W)
+    assert torch.equal(TASKS.get("mimic")(200).scale, task.scale)   # the same targets at every horizon
+    assert TASKS.get("mimic")(5, washout=0).num_steps == 5
     x = next(task.stream(1, "train", 3)).x
     assert torch.allclose(next(task.stream(1, "train", 3)).y, task.teacher(x))
 
