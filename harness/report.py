@@ -45,9 +45,12 @@ def method_label(r: dict) -> str:
 
 
 def task_label(r: dict) -> str:
-    row = summary.record_row(r)
-    return f"{row['task']} T={row['seq_len']}" + (f"→{row['eval_seq_len']}" if row["eval_seq_len"] != row["seq_len"]
-                                                  else "") + f", {row['cell']}-{row['hidden']}"
+    cfg = r["config"]
+    task = cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
+                          if cfg.get("task_params") else "")
+    horizon = f"T={cfg['seq_len']}" + (f"→{cfg['eval_seq_len']}" if cfg.get("eval_seq_len") not in
+                                       (None, cfg["seq_len"]) else "")
+    return f"{task} {horizon}, {cfg['cell']}-{cfg['hidden']}"
 
 
 def metric_label(r: dict) -> str:

@@ -5,6 +5,7 @@ summary.tex (LaTeX booktabs), and printed to the terminal.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +60,14 @@ def record_row(r: dict) -> dict:
 def _threshold(r: dict) -> float | None:
     """The task's solved threshold from the record; records written before it was stored ask the
     task class."""
-    if "solved_threshold" in r:
-        return r["solved_threshold"]
+    return r["solved_threshold"] if "solved_threshold" in r else _declared_threshold(r["config"]["task"])
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_threshold(task: str) -> float | None:
     try:
         from .registry import TASKS
-        return TASKS.get(r["config"]["task"]).solved_threshold
+        return TASKS.get(task).solved_threshold
     except Exception:  # noqa: BLE001 - a task that is not installed here: no threshold
         return None
 
