@@ -21,13 +21,14 @@ FIGURES = {"learning_sequences.png", "learning_updates.png", "learning_wall_s.pn
 def out(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     # three seeds of two methods (intervals and tests), then one seed each of a varied T and k
-    assert main(["--methods", "bptt,tbptt[k=2]", "--tasks", "copy,adding", "--seq-len", "3", "--seeds", "3",
+    assert main(["--methods", "bptt,tbptt[k=2]", "--tasks", "adding", "--seq-len", "3", "--seeds", "3",
                  *TINY, "--out", str(out)]) == 0
     assert (out / "report.md").exists() and (out / "figures" / "learning_sequences.png").exists()
     # the runner alone (no report: the tests rebuild it from the records)
-    args = make_parser().parse_args(["--methods", "bptt,tbptt[k=3]", "--tasks", "adding", "--seq-len", "3,5",
-                                     "--seeds", "1", *TINY, "--out", str(out)])
-    assert all(r["status"] == "ok" for r in runner.run_all(build_configs(args), out, progress=False))
+    for task, seq_len in (("adding", "3,5"), ("copy", "3")):
+        args = make_parser().parse_args(["--methods", "bptt,tbptt[k=3]", "--tasks", task, "--seq-len", seq_len,
+                                         "--seeds", "1", *TINY, "--out", str(out)])
+        assert all(r["status"] == "ok" for r in runner.run_all(build_configs(args), out, progress=False))
     return out
 
 
@@ -58,20 +59,24 @@ def test_learning_curve_has_one_line_per_method_and_chance(out):
     assert set(panels) == {"copy T=3, lstm-4", "adding T=3, lstm-4", "adding T=5, lstm-4"}
     ax = panels["copy T=3, lstm-4"]
     named = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
-    assert sorted(line.get_label() for line in named) == ["bptt", "chance", "tbptt[k=2]"]
+    assert sorted(line.get_label() for line in named) == ["bptt", "chance", "tbptt[k=3]"]
     (chance,) = [line for line in named if line.get_label() == "chance"]
     assert np.allclose(chance.get_ydata(), 1 / 8)
-    seeds = [r for r in records if r["config"]["task"] == "copy" and r.get("method_label") == "bptt"]
+    assert not ax.collections                          # one seed: no band
+    ax = panels["adding T=3, lstm-4"]
+    named = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert sorted(line.get_label() for line in named) == ["bptt", "chance", "tbptt[k=2]", "tbptt[k=3]"]
+    seeds = [r for r in records if r["config"]["task"] == "adding" and r["config"]["seq_len"] == 3
+             and r.get("method_label") == "bptt"]
     assert len(seeds) == 3
     (mean,) = [line for line in named if line.get_label() == "bptt"]
     np.testing.assert_allclose(mean.get_ydata(), np.mean([[c["score"] for c in r["curve"]] for r in seeds], 0))
     np.testing.assert_allclose(mean.get_xdata(), [c["sequences"] for c in seeds[0]["curve"]])
-    assert len([line for line in ax.get_lines() if line.get_label() == "_seed"]) == 6   # a thin line per seed
-    assert len(ax.collections) == 2                                                      # a 95% band per method
+    assert len([line for line in ax.get_lines() if line.get_label() == "_seed"]) == 7   # a thin line per seed
+    assert len(ax.collections) == 2                             # a 95% band per method with three seeds
     ax = panels["adding T=5, lstm-4"]
     assert sorted(line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")) == \
         ["bptt", "chance", "tbptt[k=3]"]
-    assert not ax.collections                          # one seed: no band
     assert ax.get_yscale() == "log"                    # MSE: lower is better, across decades
 
 
@@ -80,7 +85,7 @@ def test_credit_figure_marks_what_truncation_cuts(out):
     fig = report.plot_credit_by_lag(records)
     ax = next(ax for ax in fig.axes if ax.get_title() == "copy T=3, lstm-4")
     zero = [line for line in ax.get_lines() if line.get_label() == "_zero"]
-    assert len(zero) == 1 and min(zero[0].get_xdata()) == 2      # tbptt[k=2]: nothing reaches lag 2
+    assert len(zero) == 1 and min(zero[0].get_xdata()) == 3      # tbptt[k=3]: nothing reaches lag 3
     record = next(r for r in records if r.get("method_label") == "bptt" and r["config"]["task"] == "copy")
     assert all(v > 0 for v in record["credit_by_lag"]["norm"])
 
