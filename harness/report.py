@@ -374,7 +374,7 @@ def figures(records: list[dict]) -> list[tuple[str, object, str]]:
         name = "seq_len" if kind == "seq_len" else variable.replace(".", "_")
         out.append((f"scaling_{name}.png", plot_scaling(records, kind, variable),
                     f"Score, time per step, saved bytes and cosine against {variable}; points: seeds, "
-                    "line: mean; log-log for the costs."))
+                    "line: mean; log y for the costs, log x when the values span a factor of 4 or more."))
     return out
 
 
