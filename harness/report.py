@@ -45,9 +45,12 @@ def method_label(r: dict) -> str:
 
 
 def task_label(r: dict) -> str:
-    row = summary.record_row(r)
-    return f"{row['task']} T={row['seq_len']}" + (f"→{row['eval_seq_len']}" if row["eval_seq_len"] != row["seq_len"]
-                                                  else "") + f", {row['cell']}-{row['hidden']}"
+    cfg = r["config"]
+    task = cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
+                          if cfg.get("task_params") else "")
+    horizon = f"T={cfg['seq_len']}" + (f"→{cfg['eval_seq_len']}" if cfg.get("eval_seq_len") not in
+                                       (None, cfg["seq_len"]) else "")
+    return f"{task} {horizon}, {cfg['cell']}-{cfg['hidden']}"
 
 
 def metric_label(r: dict) -> str:
@@ -132,16 +135,22 @@ def _common_grid(xs: list[np.ndarray], points: int = 40) -> tuple[np.ndarray, bo
     return np.linspace(max(x[0] for x in xs), min(x[-1] for x in xs), points), True
 
 
-def _log_ticks(ax, which: str = "y", fmt=lambda v: f"{v:g}") -> None:
-    """Readable log-axis ticks: plain numbers (or bytes), at 1-2-5 or finer steps when the axis
-    spans few decades, no minor labels. Call once the limits are final."""
+def _log_ticks(ax, which: str = "y", in_bytes: bool = False) -> None:
+    """Readable log-axis ticks, no minor labels; call once the limits are final. Plain numbers at
+    1-2-5 steps (finer over less than a decade), or bytes at powers of two (and halves between)."""
     lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
-    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 10.0
-    subs = (1, 1.5, 2, 3, 5, 7) if decades < 1.0 else (1, 2, 5) if decades < 2.5 else (1.0,)
+    base = 2 if in_bytes else 10
+    span = np.log(hi / lo) / np.log(base) if lo > 0 and hi > lo else 10.0
+    if in_bytes:
+        subs = (1, 1.25, 1.5, 1.75) if span < 1.5 else (1, 1.5) if span < 4 else (1.0,)
+        fmt = lambda v: summary._bytes(v).replace(".0 ", " ")
+    else:
+        subs = (1, 1.5, 2, 3, 5, 7) if span < 1.0 else (1, 2, 5) if span < 2.5 else (1.0,)
+        fmt = lambda v: f"{v:g}"
     axis = ax.yaxis if which == "y" else ax.xaxis
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_locator(ticker.LogLocator(base=base, subs=subs))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt(v)))
-    axis.set_minor_formatter(ticker.NullFormatter())
+    axis.set_minor_locator(ticker.NullLocator())
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -218,7 +227,7 @@ def plot_costs(records: list[dict]):
             ax.set_xticks(range(len(methods)), list(methods), rotation=20, ha="right")
             ax.set_xlim(-0.6, len(methods) - 0.4)
             ax.set(ylabel=ylabel, title=title if row == 0 else None)
-            _log_ticks(ax, fmt=summary._bytes if key == "saved_bytes" else (lambda v: f"{v:g}"))
+            _log_ticks(ax, in_bytes=key == "saved_bytes")
     _legend(fig, axes)
     return fig
 
@@ -242,7 +251,7 @@ def plot_credit_by_lag(records: list[dict]):
                         marker="|", markersize=8, color=st[label]["color"], label="_zero")
         ax.set_yscale("log")
         ax.set(title=title, xlabel="lag d (time steps before the loss term)",
-               ylabel="mean |dL_t / dh_{t-d}|\n(end of training)")
+               ylabel="mean $|\\partial L_t / \\partial h_{t-d}|$\n(end of training)")
         _fit_to_lines(ax)
         _log_ticks(ax)
     _legend(fig, axes)
@@ -333,7 +342,7 @@ def plot_scaling(records: list[dict], kind: str, variable: str):
             ax.set_xticks(values, [f"{v:g}" for v in values])
             if col in COSTS:
                 ax.set_yscale("log")
-                _log_ticks(ax, fmt=summary._bytes if col == "saved_bytes" else (lambda v: f"{v:g}"))
+                _log_ticks(ax, in_bytes=col == "saved_bytes")
             ax.set(xlabel=xlabel, ylabel=ylabel or metric_label(group[0]))
             ax.set_title(title if j == 0 else "", loc="left")
     _legend(fig, axes)
@@ -365,7 +374,7 @@ def figures(records: list[dict]) -> list[tuple[str, object, str]]:
         name = "seq_len" if kind == "seq_len" else variable.replace(".", "_")
         out.append((f"scaling_{name}.png", plot_scaling(records, kind, variable),
                     f"Score, time per step, saved bytes and cosine against {variable}; points: seeds, "
-                    "line: mean; log-log for the costs."))
+                    "line: mean; log y for the costs, log x when the values span a factor of 4 or more."))
     return out
 
 

@@ -5,6 +5,7 @@ summary.tex (LaTeX booktabs), and printed to the terminal.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,14 @@ def record_row(r: dict) -> dict:
 def _threshold(r: dict) -> float | None:
     """The task's solved threshold from the record; records written before it was stored ask the
     task class."""
-    if "solved_threshold" in r:
-        return r["solved_threshold"]
+    return r["solved_threshold"] if "solved_threshold" in r else _declared_threshold(r["config"]["task"])
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_threshold(task: str) -> float | None:
     try:
         from .registry import TASKS
-        return TASKS.get(r["config"]["task"]).solved_threshold
+        return TASKS.get(task).solved_threshold
     except Exception:  # noqa: BLE001 - a task that is not installed here: no threshold
         return None
 
@@ -179,7 +183,7 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             else f"{r['seq_len']}→{r['eval_seq_len']}",
             "cell": f"{r['cell']}-{r['hidden']}", "seeds": f"{r['seeds']}" + (f" ({r['failed']} failed)"
                                                                                   if r["failed"] else ""),
-            r["metric"] or "score": _score(r), "vs best": _vs_best(r), "chance": _num(r["chance"]),
+            "score": f"{_score(r)} ({r['metric']})" if _score(r) else "", "vs best": _vs_best(r), "chance": _num(r["chance"]),
             "solved": _solved(r), "seqs to solve": _num(r["sequences_to_solve_median"], "{:.0f}"),
             "ms/step": _num(r["time_ms_per_step"], "{:.1f}"), "ms/update": _num(r["time_ms_per_update"], "{:.2f}"),
             "saved": _bytes(r["saved_bytes"]), "state": _bytes(r["state_bytes"]),
@@ -187,13 +191,7 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             "rel err": _num(r["grad_rel_error"], "{:.2e}"), "rel bias": bias,
             "rel var": _num(r["grad_rel_variance"], "{:.3g}"),
         })
-    shown = pd.DataFrame(rows)
-    # one score column per metric would be clearer than a mixed one: merge into "score (metric)"
-    metric_cols = [c for c in shown.columns if c in (*SCORES, "score")]
-    if metric_cols:
-        shown.insert(5, "score", shown[metric_cols].bfill(axis=1).iloc[:, 0].fillna(""))
-        shown["score"] = [f"{s} ({m})" if s else "" for s, m in zip(shown["score"], df["metric"])]
-        shown = shown.drop(columns=metric_cols)
+    shown = pd.DataFrame(rows)   # one "score (metric)" column: a run list may mix accuracy and MSE
     return shown.loc[:, (shown != "").any(axis=0)]
 
 

@@ -65,3 +65,20 @@ def test_undefined_for_a_method_that_says_so():
     task, batch = tiny_batch("copy", seq_len=2)
     net, _ = build(method, "rnn", task)
     assert credit.measure(method, net, batch, torch.Generator()) is None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_credit_is_measurable_or_declared_undefined(name):
+    """A method that says its gradient flows back through the hidden states gets a finite curve
+    that is nonzero at lag 0 and leaves the parameters alone; the others say None."""
+    method = METHODS.get(name)(**METHODS.get(name).test_params[0])
+    task, batch = tiny_batch("copy", seq_len=2)
+    net, _ = build(method, "gru", task)
+    before = [p.detach().clone() for p in net.parameters()]
+    result = credit.measure(method, net, batch, torch.Generator().manual_seed(0))
+    if method.credit_by_lag is None:
+        assert result is None
+        return
+    norms = np.array(result["norm"], float)
+    assert len(norms) == batch.num_steps and np.isfinite(norms).all() and (norms >= 0).all() and norms[0] > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
