@@ -14,11 +14,11 @@ from tabulate import tabulate
 from .store import write_atomic
 
 GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden"]
-COLUMNS = GROUP + ["n_params", "seeds", "failed", "metric", "score_mean", "score_std", "chance",
+COLUMNS = GROUP + ["tuned", "n_params", "seeds", "failed", "metric", "score_mean", "score_std", "chance",
                    "time_ms_per_step", "time_ms_per_update", "updates_per_step", "saved_bytes", "state_bytes",
                    "cuda_peak_bytes", "grad_cosine", "grad_cosine_recurrent", "grad_rel_error",
                    "grad_cosine_recurrent_init", "grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance",
-                   "threads", "device"]
+                   "threads", "device", "concurrent"]
 
 
 def record_row(r: dict) -> dict:
@@ -31,7 +31,8 @@ def record_row(r: dict) -> dict:
            "seq_len": cfg["seq_len"], "eval_seq_len": cfg.get("eval_seq_len") or cfg["seq_len"],
            "cell": cfg["cell"], "hidden": cfg["hidden"], "seed": cfg["seed"], "status": r.get("status"),
            "n_params": r.get("n_params"), "metric": r.get("metric"), "chance": r.get("chance"),
-           "threads": cfg.get("threads"), "device": cfg.get("device")}
+           "threads": cfg.get("threads"), "device": cfg.get("device"), "tuned": r.get("tuned", ""),
+           "concurrent": (r.get("executor") or {}).get("concurrent", 1)}
     if r.get("status") != "ok":
         return row
     time_, mem = r.get("time", {}), r.get("memory", {})
@@ -64,7 +65,8 @@ def summarise(records: list[dict]) -> pd.DataFrame:
         row.update(n_params=g["n_params"].dropna().iloc[0] if g["n_params"].notna().any() else np.nan,
                    seeds=len(ok), failed=len(g) - len(ok), metric=g["metric"].dropna().iloc[0]
                    if g["metric"].notna().any() else "", chance=_mean(g["chance"]),
-                   threads=g["threads"].iloc[0], device=g["device"].iloc[0])
+                   threads=g["threads"].iloc[0], device=g["device"].iloc[0],
+                   tuned=next((t for t in g["tuned"] if t), ""), concurrent=g["concurrent"].max())
         if len(ok):
             row["score_mean"] = _mean(ok["score"])
             row["score_std"] = float(ok["score"].std(ddof=1)) if len(ok) > 1 else np.nan
@@ -98,6 +100,7 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             bias = f"{r['grad_rel_bias']:.3f} ± {r['grad_rel_bias_se']:.3f}"
         rows.append({
             "method": r["method"] + (f"[{r['params']}]" if r["params"] else ""),
+            "tuned": r["tuned"] if isinstance(r["tuned"], str) else "",
             "task": r["task"], "T": r["seq_len"] if r["eval_seq_len"] == r["seq_len"]
             else f"{r['seq_len']}→{r['eval_seq_len']}",
             "cell": f"{r['cell']}-{r['hidden']}", "seeds": f"{r['seeds']}" + (f" ({r['failed']} failed)"
@@ -126,12 +129,24 @@ FOOTNOTE = ("score: mean ± sample std over seeds on held-out batches at the eva
             "parameters only); rel bias, rel var: stochastic methods only.")
 
 
+PARALLEL_NOTE = ("Warning: some runs were timed while up to {n} runs ran at the same time (joblib or SLURM "
+                 "executor); their ms/step and ms/update are not comparable with times measured alone. "
+                 "Time with --executor local (one run after another) to compare speed.")
+
+
+def notes(df: pd.DataFrame) -> list[str]:
+    """Footnotes that depend on the records: timings measured in parallel."""
+    n = pd.to_numeric(df.get("concurrent", pd.Series(dtype=float)), errors="coerce").max()
+    return [PARALLEL_NOTE.format(n=int(n))] if n == n and n > 1 else []
+
+
 def write(df: pd.DataFrame, out: Path) -> str:
     out = Path(out)
+    extra = "".join("\n\n" + note for note in notes(df))
     shown = display(df) if len(df) else pd.DataFrame()
     md = tabulate(shown, headers="keys", tablefmt="github", showindex=False)
     write_atomic(out / "summary.csv", df.to_csv(index=False))
-    write_atomic(out / "summary.md", md + "\n\n" + FOOTNOTE + "\n")
+    write_atomic(out / "summary.md", md + "\n\n" + FOOTNOTE + extra + "\n")
     write_atomic(out / "summary.tex", tabulate(shown, headers="keys", tablefmt="latex_booktabs",
                                                showindex=False) + "\n")
-    return md
+    return md + extra
