@@ -3,6 +3,7 @@ what is not done yet with the chosen executor, write the tables."""
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from pathlib import Path
@@ -39,8 +40,8 @@ def checked(parse):
     def convert(text):
         try:
             return parse(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        except ConfigError as exc:  # argparse names the option: do not name it twice
+            raise argparse.ArgumentTypeError(re.sub(r"^--[\w-]+: ", "", str(exc))) from None
     convert.__name__ = parse.__name__
     return convert
 

@@ -137,6 +137,8 @@ def parse_spec(item: str) -> Spec:
         if "=" not in pair:
             raise ConfigError(f"{name}: cannot read {pair!r}: expected key=value")
         key, value = (s.strip() for s in pair.split("=", 1))
+        if "[" in key or "]" in key:
+            raise ConfigError(f"{name}: cannot read {pair!r}: expected key=value")
         if not key or key in params:
             raise ConfigError(f"{name}: {'empty' if not key else 'repeated'} key in {item!r}")
         params[key] = value

@@ -25,7 +25,8 @@ def record_row(r: dict) -> dict:
     """One flat row per run record."""
     cfg = r["config"]
     label = r.get("method_label") or cfg["method"]
-    row = {"method": cfg["method"], "params": label[len(cfg["method"]):].strip("[]"),
+    name = label.split("[", 1)[0]  # the method's name (cfg["method"] may be a file path)
+    row = {"method": name, "params": label[len(name):].strip("[]"),
            "task": cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
                                   if cfg.get("task_params") else ""),
            "seq_len": cfg["seq_len"], "eval_seq_len": cfg.get("eval_seq_len") or cfg["seq_len"],

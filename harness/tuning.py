@@ -69,6 +69,8 @@ def parse_tune(text: str) -> dict[str, list]:
         for item in grid_values("--tune", key, value):
             try:
                 values.append(convert(key, item))
+            except ConfigError:
+                raise
             except ValueError:
                 raise ConfigError(f"--tune: {key}={item!r} is not {allowed}") from None
         grid[key] = values
