@@ -117,9 +117,9 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     # one score column per metric would be clearer than a mixed one: merge into "score (metric)"
     metric_cols = [c for c in shown.columns if c in ("accuracy", "mse", "score")]
     if metric_cols:
-        shown.insert(5, "score", shown[metric_cols].bfill(axis=1).iloc[:, 0].fillna(""))
-        shown["score"] = [f"{s} ({m})" if s else "" for s, m in zip(shown["score"], df["metric"])]
-        shown = shown.drop(columns=metric_cols)
+        merged = shown[metric_cols].bfill(axis=1).iloc[:, 0].fillna("")
+        shown = shown.drop(columns=metric_cols)  # a row whose runs all failed has no metric: "score"
+        shown.insert(5, "score", [f"{s} ({m})" if s else "" for s, m in zip(merged, df["metric"])])
     return shown.loc[:, (shown != "").any(axis=0)]
 
 

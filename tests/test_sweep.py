@@ -162,28 +162,38 @@ def test_bad_sweep_options(tmp_path, capsys, args, message):
 
 
 # --- executors -----------------------------------------------------------------------------------
-def test_local_joblib_and_submitit_give_the_same_records(tmp_path):
-    grid = ["--methods", f"tbptt[k=[1,2]],{NOISY}", *TINY]
-    outs = {}
-    for name, extra in [("local", []), ("joblib", ["--executor", "joblib", "-j", "2"]),
-                        ("debug", ["--executor", "slurm", "--slurm-cluster", "debug"]),
-                        ("submitit-local", ["--executor", "slurm", "--slurm-cluster", "local",
-                                            "--slurm-array-parallelism", "2", "--slurm-time", "5",
-                                            "--slurm-param", "mem_gb=1"])]:
-        outs[name] = records(tmp_path / name) if cli.main([*grid, *extra, "--out", str(tmp_path / name)]) == 0 else None
-    local = outs["local"]
-    assert len(local) == 3 and all(r["status"] == "ok" for r in local.values())
-    for name, recs in outs.items():
-        assert recs is not None and set(recs) == set(local), name          # same configurations, same hashes
-        for key, r in recs.items():
-            assert comparable(r) == comparable(local[key]), (name, r["method_label"])
-            assert r["executor"]["name"] == {"local": "local", "joblib": "joblib"}.get(name, "slurm")
-    assert "not comparable" in (tmp_path / "joblib" / "summary.md").read_text()
-    assert "not comparable" not in (tmp_path / "local" / "summary.md").read_text()
+GRID = ["--methods", f"tbptt[k=2],{NOISY}", *TINY]
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    assert cli.main([*GRID, "--out", str(out)]) == 0
+    return out, records(out)
+
+
+@pytest.mark.parametrize("backend", [
+    ["--executor", "slurm", "--slurm-cluster", "debug"],
+    pytest.param(["--executor", "joblib", "-j", "2"], marks=pytest.mark.slow),
+    pytest.param(["--executor", "slurm", "--slurm-cluster", "local", "--slurm-array-parallelism", "2",
+                  "--slurm-time", "5", "--slurm-param", "mem_gb=1"], marks=pytest.mark.slow),
+], ids=["submitit-debug", "joblib", "submitit-local"])
+def test_backends_give_the_same_records_as_local(tmp_path, local_sweep, backend):
+    local_out, local = local_sweep
+    assert len(local) == 2 and all(r["status"] == "ok" for r in local.values())
+    out = tmp_path / "out"
+    assert cli.main([*GRID, *backend, "--out", str(out)]) == 0
+    recs = records(out)
+    assert set(recs) == set(local)                                    # same configurations, same hashes
+    for key, r in recs.items():
+        assert comparable(r) == comparable(local[key]), r["method_label"]
+        assert r["executor"]["name"] == backend[1]
+    assert "not comparable" in (out / "summary.md").read_text()
+    assert "not comparable" not in (local_out / "summary.md").read_text()
     # finished runs are not dispatched again, whatever the backend
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "joblib" / "runs").glob("*.json")}
-    assert cli.main([*grid, "--executor", "slurm", "--slurm-cluster", "debug", "--out", str(tmp_path / "joblib")]) == 0
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "joblib" / "runs").glob("*.json")} == mtimes
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert cli.main([*GRID, *backend, "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == mtimes
 
 
 def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retry(tmp_path, capsys):
@@ -192,7 +202,7 @@ def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retr
     assert cli.main(args) == 0
     by_mode = {r["config"]["method_params"].get("mode", "ok"): r for r in records(out).values()}
     assert by_mode["raise"]["status"] == "failed" and "deliberate failure at step 2" in by_mode["raise"]["error"]
-    assert by_mode["diverged" if False else "diverge"]["status"] == "diverged"
+    assert by_mode["diverge"]["status"] == "diverged"
     assert "non-finite training loss nan at step 2" in by_mode["diverge"]["error"]
     assert by_mode["ok"]["status"] == "ok"
     assert not store.is_finished(out, by_mode["raise"]["hash"])
@@ -200,7 +210,6 @@ def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retr
     assert cli.main([*args, "--dry-run"]) == 0
     listing = capsys.readouterr().out
     assert "to run (2):" in listing and "already done (1):" in listing
-    started = {m: r["started"] for m, r in by_mode.items()}
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     time.sleep(0.01)
     assert cli.main(args) == 0                                   # retries the failed and diverged ones only
@@ -209,10 +218,11 @@ def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retr
     assert all(after[by_mode[m]["hash"] + ".json"] != mtimes[by_mode[m]["hash"] + ".json"] for m in ("raise", "diverge"))
     assert cli.main([*args, "--force"]) == 0                     # --force reruns everything selected
     forced = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
-    assert all(forced[k] != after[k] for k in after) and started
+    assert all(forced[k] != after[k] for k in after)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_interrupted_sweep_loses_nothing_and_a_rerun_completes_it(tmp_path, sig):
     out = tmp_path / "out"
     args = ["--methods", f"{NOISY}[sleep=[0,0.5]]", "--seeds", "2", *TINY[:6], *TINY[8:], "--out", str(out)]
@@ -344,13 +354,28 @@ def test_collect_builds_tables_from_records_only(tmp_path, capsys):
     assert cli.main(["--collect", "--methods", "bptt", *TINY, "--out", str(out)]) == 2   # none recorded
 
 
-def test_editing_a_method_changes_the_configuration_hash(tmp_path, capsys):
+def load_module(path, name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_editing_a_method_or_what_it_builds_on_changes_the_source_hash(tmp_path):
+    from harness.registry import TASKS
     source = Path(NOISY).read_text()
-    keys = []
-    for i, text in enumerate([source, source + "\n# an edit\n"]):
-        path = tmp_path / f"v{i}" / "noisy.py"
-        path.parent.mkdir()
-        path.write_text(text)
-        from harness.runner import RunConfig
-        keys.append(RunConfig(method=str(path), task="adding").key())
-    assert keys[0] != keys[1]
+    (tmp_path / "a.py").write_text(source)
+    (tmp_path / "b.py").write_text(source + "\n# an edit that changes nothing measured still reruns\n")
+    (tmp_path / "c.py").write_text("from noisy_a import Noisy\n\nclass Louder(Noisy):\n    name = 'louder'\n")
+    a, b = load_module(tmp_path / "a.py", "noisy_a").Noisy, load_module(tmp_path / "b.py", "noisy_b").Noisy
+    louder = load_module(tmp_path / "c.py", "louder_c").Louder
+    task = TASKS.get("adding")
+    assert store.source_hash(a, task) == store.source_hash(a, task)
+    assert store.source_hash(a, task) != store.source_hash(b, task)
+    before = store.source_hash(louder, task)
+    (tmp_path / "a.py").write_text(source + "\n# edited\n")
+    import linecache
+    linecache.clearcache()
+    assert store.source_hash(louder, task) != before                  # its base class's file changed
