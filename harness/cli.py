@@ -102,7 +102,7 @@ def make_parser() -> Parser:
                    help="time limit per run: minutes, H:MM:SS or D-H:MM:SS")
     g.add_argument("--slurm-gpus-per-task", type=positive, default=None)
     g.add_argument("--slurm-array-parallelism", type=positive, default=None,
-                   help="most runs of the array running at once (default: all)")
+                   help="most runs of the array running at once; unset: all")
     g.add_argument("--slurm-param", type=checked(executors.slurm_param), action="append", default=None,
                    metavar="KEY=VALUE", help="any other submitit parameter, repeatable, e.g. mem_gb=16, "
                    "constraint=volta, account=lab (slurm_ is prefixed to names that are not generic)")

@@ -211,8 +211,8 @@ def dispatch(executor: Executor, configs: list[RunConfig], out: Path, total: int
     remaining = len(configs)
 
     def show():
-        bar.set_postfix(running=executor.running(remaining), failed=counts["failed"] + counts["diverged"],
-                        remaining=remaining, refresh=True)
+        bar.set_postfix_str(f"done {bar.n}, running {executor.running(remaining)}, "
+                            f"failed {counts['failed'] + counts['diverged']}, remaining {remaining}", refresh=True)
 
     show()
     try:
