@@ -105,6 +105,7 @@ class Slurm(Executor):
         if not configs:
             return
         self.concurrent = self.concurrent or len(configs)
+        out = Path(out).resolve()  # jobs may start in another directory
         options = {**options, "progress": False, "executor": self.describe()}
         executor = self._executor(out)
         self.jobs = executor.map_array(work, configs, [out] * len(configs), [options] * len(configs))
