@@ -129,9 +129,11 @@ class Slurm(Executor):
             record = store.load(out, cfg.key())
             if record and record.get("status") == "ok":
                 return record
-            error = str(exc).strip().splitlines()
-            record = runner.failed_record(cfg, f"job {job.job_id} died: {error[-1] if error else type(exc).__name__}",
-                                          self.describe())
+            # submitit's message: what happened (state), then where the job's logs are
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            state = next((line for line in lines if "state:" in line), lines[0] if lines else type(exc).__name__)
+            logs = next((line for line in lines if "Look at" in line or line.startswith("Error stream")), "")
+            record = runner.failed_record(cfg, f"job {job.job_id} died: {state} {logs}".strip(), self.describe())
             store.save(out, record)
             return record
 

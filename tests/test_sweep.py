@@ -221,6 +221,20 @@ def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retr
     assert all(forced[k] != after[k] for k in after)
 
 
+@pytest.mark.slow
+def test_a_killed_job_is_recorded_failed_and_the_others_finish(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--methods", f"{NOISY}[mode=[die,ok]]", *TINY, "--executor", "slurm", "--slurm-cluster", "local",
+            "--out", str(out)]
+    assert cli.main(args) == 0
+    by_mode = {r["config"]["method_params"].get("mode", "ok"): r for r in records(out).values()}
+    assert by_mode["ok"]["status"] == "ok"
+    assert by_mode["die"]["status"] == "failed" and "died" in by_mode["die"]["error"]
+    capsys.readouterr()
+    assert cli.main([*args, "--dry-run"]) == 0
+    assert "to run (1):" in capsys.readouterr().out                  # the killed run is retried next time
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
                          ids=["SIGTERM", "SIGINT"])
 def test_interrupted_sweep_loses_nothing_and_a_rerun_completes_it(tmp_path, sig):

@@ -1,6 +1,7 @@
 """A test method with everything a checkpoint must restore: it draws from the method's random
 generator, carries state between steps (Method.state_dict), and can raise, diverge or sleep."""
 import os
+import signal
 import time
 
 import torch
@@ -15,8 +16,9 @@ class Noisy(Method):
     description = "BPTT plus decaying noise from the method's generator; mode=raise|diverge for failures"
     gradient_kind = "approximate"
     hyperparameters = {
-        "mode": Param("ok", str, "ok, raise (at step 2) or diverge (nan loss at step 2)",
-                      choices=("ok", "raise", "diverge")),
+        "mode": Param("ok", str, "ok, raise (at step 2), diverge (nan loss at step 2) or die (the "
+                      "process kills itself at step 2, as the out-of-memory killer or a scheduler would)",
+                      choices=("ok", "raise", "diverge", "die")),
         "sleep": Param(0.0, float, "seconds to sleep per step when SWEEP_TEST_SLEEP is set"),
     }
 
@@ -34,6 +36,8 @@ class Noisy(Method):
         self.steps_seen += 1
         if self.sleep and os.environ.get("SWEEP_TEST_SLEEP"):
             time.sleep(self.sleep)
+        if self.mode == "die" and self.steps_seen == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.mode == "raise" and self.steps_seen == 2:
             raise RuntimeError("deliberate failure at step 2")
         loss = super().train_step(net, batch, updater, rng)
