@@ -11,7 +11,6 @@ a run whose record is there and ok is never dispatched again.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
