@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrecords: {out / 'runs'}; tables: {out / 'summary.md'}, summary.csv, summary.tex")
     if len(todo) == 0:
         print(f"nothing to run: all {len(configs)} runs were already done (--force reruns them)")
+    else:
+        print(f"ran {len(todo)} of {len(configs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     failed = [r for r in records if r and r.get("status") != "ok"]
     for r in failed:
         print(f"{r['status']}: {r.get('method_label', r['config']['method'])} on {r['config']['task']} "

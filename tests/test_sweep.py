@@ -102,6 +102,19 @@ def test_sweep_file_equals_command_line_and_is_overridden(tmp_path, capsys, name
     assert "to run (2):" in capsys.readouterr().out       # the command line wins
 
 
+def test_the_readme_sweep_file_parses(tmp_path, capsys):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "sweep.yaml").write_text(block)
+    args = cli.parse_args(["--config", str(tmp_path / "sweep.yaml"), "--executor", "local"])
+    assert args.executor == "local" and args.slurm_partition == "gpu" and args.slurm_time == 120
+    assert args.seq_len == [100, 200, 400] and args.tune == {"lr": [1e-4, 3e-4, 1e-3, 3e-3]}
+    assert dict(args.slurm_param) == {"mem_gb": 16, "slurm_constraint": "volta"}
+    assert cli.main(["--config", str(tmp_path / "sweep.yaml"), "--executor", "local", "--dry-run",
+                     "--out", str(tmp_path / "out")]) == 0
+    assert "to run (480):" in capsys.readouterr().out      # (3 tbptt + bptt) x 2 tasks x 3 T x 5 seeds x 4 lr
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("s.yaml", "methods: bptt\nseq_lenn: 5\n", "s.yaml line 2: seq_lenn: unknown option (did you mean 'seq_len'?)"),
     ("s.yaml", "methods: bptt\nseq_len: 0\n", "s.yaml line 2: seq_len: '0' must be a positive integer"),
