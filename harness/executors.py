@@ -103,7 +103,9 @@ class Slurm(Executor):
     def run(self, configs, out, options):
         if not configs:
             return
-        self.concurrent = self.concurrent or len(configs)
+        # submitit's local cluster starts every job at once, its debug cluster one at a time
+        limit = {"slurm": self.concurrent, "local": 0, "debug": 1}[self.cluster]
+        self.concurrent = min(limit or len(configs), len(configs))
         out = Path(out).resolve()  # jobs may start in another directory
         options = {**options, "progress": False, "executor": self.describe()}
         executor = self._executor(out)
