@@ -201,7 +201,8 @@ def test_backends_give_the_same_records_as_local(tmp_path, local_sweep, backend)
     for key, r in recs.items():
         assert comparable(r) == comparable(local[key]), r["method_label"]
         assert r["executor"]["name"] == backend[1]
-    assert "not comparable" in (out / "summary.md").read_text()
+    parallel = "debug" not in backend                                 # debug: one job at a time, here
+    assert ("not comparable" in (out / "summary.md").read_text()) == parallel
     assert "not comparable" not in (local_out / "summary.md").read_text()
     # finished runs are not dispatched again, whatever the backend
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
