@@ -99,10 +99,12 @@ def make_parser() -> Parser:
     g.add_argument("-j", "--jobs", type=positive, default=2, help="joblib worker processes")
     g.add_argument("--slurm-partition", default=None)
     g.add_argument("--slurm-time", type=checked(executors.slurm_time), default=None,
-                   help="time limit per run: minutes, H:MM:SS or D-H:MM:SS")
+                   help=f"time limit per run: minutes, H:MM:SS or D-H:MM:SS; unset: "
+                        f"{executors.DEFAULT_TIME_MIN} minutes")
     g.add_argument("--slurm-gpus-per-task", type=positive, default=None)
     g.add_argument("--slurm-array-parallelism", type=positive, default=None,
-                   help="most runs of the array running at once; unset: all")
+                   help="most runs of the array running at once; unset: all (submitit's local cluster: one per "
+                        "--threads CPUs)")
     g.add_argument("--slurm-param", type=checked(executors.slurm_param), action="append", default=None,
                    metavar="KEY=VALUE", help="any other submitit parameter, repeatable, e.g. mem_gb=16, "
                    "constraint=volta, account=lab (slurm_ is prefixed to names that are not generic)")

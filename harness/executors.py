@@ -11,6 +11,7 @@ a run whose record is there and ok is never dispatched again.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -83,12 +84,13 @@ class Slurm(Executor):
         if cluster == "slurm" and shutil.which("sbatch") is None:
             raise ConfigError("--executor slurm: sbatch is not available on this machine; run from a SLURM "
                               "login node (--slurm-cluster local runs the same jobs as local processes)")
-        self.cluster, self.poll_s = cluster, poll_s
-        self.params = {"cpus_per_task": threads, **params}
+        self.cluster, self.poll_s, self.threads = cluster, poll_s, threads
+        # submitit's own default time limit is 5 minutes: too short for most runs
+        self.params = {"cpus_per_task": threads, "timeout_min": DEFAULT_TIME_MIN, **params}
         if cluster != "debug":  # jobs import harness from this checkout, wherever they start
             self.params[f"{cluster}_setup"] = [f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]
         self.concurrent = int(self.params.get("slurm_array_parallelism") or 0)
-        self.jobs: list = []
+        self.jobs: dict = {}
         check_submitit_params(self.params)
 
     def describe(self) -> dict:
@@ -103,16 +105,24 @@ class Slurm(Executor):
     def run(self, configs, out, options):
         if not configs:
             return
-        # submitit's local cluster starts every job at once, its debug cluster one at a time
-        limit = {"slurm": self.concurrent, "local": 0, "debug": 1}[self.cluster]
-        self.concurrent = min(limit or len(configs), len(configs))
+        # SLURM limits a job array's running jobs itself; submitit's local cluster would start every
+        # job at once, so it is fed at most that many at a time; its debug cluster runs one here
+        default = {"slurm": len(configs), "local": max(1, (os.cpu_count() or 1) // self.threads), "debug": 1}
+        self.concurrent = min(self.concurrent or default[self.cluster], len(configs))
         out = Path(out).resolve()  # jobs may start in another directory
         options = {**options, "progress": False, "executor": self.describe()}
         executor = self._executor(out)
-        self.jobs = executor.map_array(work, configs, [out] * len(configs), [options] * len(configs))
-        pending = dict(zip(self.jobs, configs))
+        queue, pending = list(configs), {}
+        self.jobs = pending
         try:
-            while pending:
+            while queue or pending:
+                if self.cluster == "slurm" and queue:
+                    jobs = executor.map_array(work, queue, [out] * len(queue), [options] * len(queue))
+                    pending.update(zip(jobs, queue))
+                    queue = []
+                while queue and len(pending) < self.concurrent:
+                    cfg = queue.pop(0)
+                    pending[executor.submit(work, cfg, out, options)] = cfg
                 finished = [j for j in pending if self.cluster == "debug" or j.done()]
                 for job in finished:
                     yield self._collect(job, pending.pop(job), out)
@@ -145,6 +155,7 @@ class Slurm(Executor):
 
 
 # --- building an executor from the command line ------------------------------------------------
+DEFAULT_TIME_MIN = 240
 GENERIC = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node", "name",
            "stderr_to_stdout"}
 
