@@ -6,6 +6,7 @@ before any training starts, and every failure is a `ConfigError` whose message i
 from __future__ import annotations
 
 import difflib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -98,7 +99,7 @@ class Spec:
     params: dict[str, str] = field(default_factory=dict)
 
 
-def split_top_level(text: str, sep: str = ",") -> list[str]:
+def split_top_level(text: str, sep: str = ",", keep_empty: bool = False) -> list[str]:
     """Split on `sep` outside brackets: 'a[x=1,y=2],b' -> ['a[x=1,y=2]', 'b']."""
     parts, depth, current = [], 0, []
     for ch in text:
@@ -116,7 +117,7 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     if depth != 0:
         raise ConfigError(f"unbalanced '[' in {text!r}")
     parts.append("".join(current).strip())
-    return [p for p in parts if p]
+    return parts if keep_empty else [p for p in parts if p]
 
 
 def parse_spec(item: str) -> Spec:
@@ -136,14 +137,44 @@ def parse_spec(item: str) -> Spec:
         if "=" not in pair:
             raise ConfigError(f"{name}: cannot read {pair!r}: expected key=value")
         key, value = (s.strip() for s in pair.split("=", 1))
+        if "[" in key or "]" in key:
+            raise ConfigError(f"{name}: cannot read {pair!r}: expected key=value")
         if not key or key in params:
             raise ConfigError(f"{name}: {'empty' if not key else 'repeated'} key in {item!r}")
         params[key] = value
     return Spec(name, params)
 
 
+def grid_values(owner: str, key: str, value: str) -> list[str]:
+    """'5' -> ['5']; '[5,10,20]' -> ['5', '10', '20'] (one level: a list of plain values)."""
+    if "[" not in value and "]" not in value:
+        return [value]
+    if not (value.startswith("[") and value.endswith("]")):
+        raise ConfigError(f"{owner}: cannot read {key}={value!r}: a list of values is written [v1,v2,...]")
+    items = split_top_level(value[1:-1], keep_empty=True)
+    if items == [""]:
+        raise ConfigError(f"{owner}: {key}={value} is an empty list")
+    for item in items:
+        if not item:
+            raise ConfigError(f"{owner}: {key}={value} has an empty item")
+        if "[" in item or "]" in item:
+            raise ConfigError(f"{owner}: {key}={value}: lists do not nest ({item!r})")
+    repeated = sorted({i for i in items if items.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"{owner}: {key}={value} repeats {', '.join(repeated)}")
+    return items
+
+
+def expand_spec(spec: Spec) -> list[Spec]:
+    """Values that are lists expand to the cartesian product, in the order written:
+    tbptt[k=[5,10],update=[window,sequence]] -> k=5 window, k=5 sequence, k=10 window, k=10 sequence."""
+    axes = [[(key, v) for v in grid_values(spec.name, key, value)] for key, value in spec.params.items()]
+    return [Spec(spec.name, dict(combo)) for combo in itertools.product(*axes)]
+
+
 def parse_spec_list(text: str) -> list[Spec]:
-    specs = [parse_spec(p) for p in split_top_level(text)]
+    """'tbptt[k=[5,10]],bptt' -> [tbptt k=5, tbptt k=10, bptt]: items, each expanded as a grid."""
+    specs = [s for p in split_top_level(text) for s in expand_spec(parse_spec(p))]
     if not specs:
         raise ConfigError(f"empty list {text!r}")
     return specs

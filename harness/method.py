@@ -97,6 +97,14 @@ class Method:
         """Bytes of carried state outside autograd at its largest during the last step."""
         return 0
 
+    def state_dict(self) -> dict:
+        """State the method carries from one training step to the next (e.g. an online method's
+        running estimates), saved in training checkpoints; default: none. Tensors and plain values."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned, so a resumed run continues bitwise identically."""
+
     # --- shared --------------------------------------------------------------------------------
     @property
     def label(self) -> str:

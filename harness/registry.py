@@ -21,6 +21,7 @@ class Registry:
     def __init__(self, kind: str, base: type, package: str):
         self.kind, self.base, self.package = kind, base, package
         self._entries: dict[str, type] | None = None
+        self._external: dict[str, type] = {}  # loaded once: a second import would be a new, 'duplicate' class
 
     def add(self, cls: type, entries: dict[str, type] | None = None) -> None:
         entries = self.entries if entries is None else entries
@@ -57,7 +58,10 @@ class Registry:
 
     def get(self, name: str) -> type:
         if name.endswith(".py") or ":" in name:
-            return self._load_external(name)
+            ref = str(Path(name).resolve()) if name.endswith(".py") else name
+            if ref not in self._external:
+                self._external[ref] = self._load_external(name)
+            return self._external[ref]
         if name not in self.entries:
             raise unknown(self.kind, name, self.names())
         return self.entries[name]

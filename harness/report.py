@@ -11,6 +11,7 @@ style, so the figures read in grayscale.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import defaultdict
 from itertools import cycle
@@ -307,7 +308,7 @@ def plot_scaling(records: list[dict], kind: str, variable: str):
         line, xval = method_label, (lambda r: r["config"]["seq_len"])
         xlabel = "horizon T (time steps)"
     else:
-        name, key = variable.split(".")
+        name, key = variable.rsplit(".", 1)
         rows = by(runs, task_label)
         line = lambda r: name + "".join(f"[{k}={v}]" for k, v in sorted(r["config"]["method_params"].items())
                                         if k != key)
@@ -371,7 +372,8 @@ def figures(records: list[dict]) -> list[tuple[str, object, str]]:
                     "Credit by lag at the end of training: mean norm of the gradient each method delivers to the "
                     "hidden state d steps before a loss term (log scale); ticks at the bottom: exactly zero."))
     for kind, variable in varied(records):
-        name = "seq_len" if kind == "seq_len" else variable.replace(".", "_")
+        # an out-of-tree method is named by its file path: keep the file name plain
+        name = "seq_len" if kind == "seq_len" else re.sub(r"\W+", "_", Path(variable).name)
         out.append((f"scaling_{name}.png", plot_scaling(records, kind, variable),
                     f"Score, time per step, saved bytes and cosine against {variable}; points: seeds, "
                     "line: mean; log y for the costs, log x when the values span a factor of 4 or more."))

@@ -6,6 +6,7 @@ non-finite loss as "diverged", and the next run goes on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import platform
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint as saved
 from . import credit, fidelity, store
 from .config import ConfigError
 from .meters import SavedBytesMeter, StepTimer, cuda_peak, synchronize
@@ -127,8 +129,21 @@ def checkpoints(steps: int, n: int) -> list[int]:
     return sorted({round(i * steps / max(n - 1, 1)) for i in range(n)} | {0, steps})
 
 
-def train(cfg: RunConfig, progress: bool = False) -> dict:
-    """Train and measure one configuration; returns the record (without the status fields)."""
+def params_digest(net) -> str:
+    """sha256 of the parameters' bytes: two runs reached bitwise the same weights iff equal."""
+    h = hashlib.sha256()
+    for name, p in net.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def train(cfg: RunConfig, progress: bool = False, checkpoint_every: int | None = None,
+          checkpoint_file: Path | None = None) -> dict:
+    """Train and measure one configuration; returns the record (without the status fields).
+
+    With `checkpoint_every`, the run's full state is saved to `checkpoint_file` every that many
+    steps, and a run that finds a checkpoint there continues from it with the same result."""
     device = torch.device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     torch.set_num_threads(cfg.threads)
@@ -169,9 +184,35 @@ def train(cfg: RunConfig, progress: bool = False) -> dict:
             record["fidelity"].append({"step": step, **fidelity.measure(method, net, fid_batch, cfg.seed,
                                                                         cfg.grad_samples)})
 
-    bar = tqdm(total=cfg.steps, desc=f"{method.label} {task.name}", leave=False, disable=not progress)
-    checkpoint(0)
-    for step in range(1, cfg.steps + 1):
+    def save_state(step):
+        state = {"step": step, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                 "method": method.state_dict(), "rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
+                 "updates": updater.updates, "record": record, "memory": memory, "wall": wall,
+                 "losses": list(losses), "times": timer.times, "timer_updates": timer.updates}
+        saved.save(checkpoint_file, state)
+
+    first = 1
+    state = saved.load(checkpoint_file) if checkpoint_every and checkpoint_file else None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        updater.updates, wall, memory = state["updates"], state["wall"], state["memory"]
+        record, losses = state["record"], state["losses"]
+        timer.times[:], timer.updates[:] = state["times"], state["timer_updates"]
+        for _ in range(state["step"]):  # replay the batch stream from its seed to where the run stopped
+            next(train_stream)
+        first = state["step"] + 1
+        record["resumed_from_step"] = state["step"]
+
+    bar = tqdm(total=cfg.steps, initial=first - 1, desc=f"{method.label} {task.name}", leave=False,
+               disable=not progress)
+    if first == 1:
+        checkpoint(0)
+    step = first - 1
+    for step in range(first, cfg.steps + 1):
         batch = next(train_stream).to(device, dtype)
         before = updater.updates
         if step == 1:  # the first step is a warm-up step: measure memory there, not time
@@ -191,6 +232,8 @@ def train(cfg: RunConfig, progress: bool = False) -> dict:
             record.update(status="diverged", error=f"non-finite training loss {loss} at step {step}")
             break
         checkpoint(step)
+        if checkpoint_every and checkpoint_file and step % checkpoint_every == 0 and step < cfg.steps:
+            save_state(step)
     bar.close()
     record["steps_done"] = step
     record["memory"] = memory
@@ -199,25 +242,46 @@ def train(cfg: RunConfig, progress: bool = False) -> dict:
     if record["status"] == "running":
         record["credit_by_lag"] = credit.measure(method, net, fid_batch,
                                                  torch.Generator().manual_seed(stream_seed(cfg.seed, "method")))
+        # the validation stream, separate from the test stream, is what tuning selects on
+        val_stream = eval_task.stream(cfg.seed, "validation", cfg.batch)
+        val_loss, val_score = evaluate(net, [next(val_stream).to(device, dtype) for _ in range(cfg.eval_batches)])
+        record["final"].update(validation_score=val_score, validation_loss=val_loss)
         record["status"] = "ok"
+    record["params_sha"] = params_digest(net)
     return record
 
 
-def run_config(cfg: RunConfig, out: Path, progress: bool = False) -> dict:
-    """Train one configuration and write its record; failures are recorded, never raised."""
-    key = cfg.key()
-    base = {"hash": key, "config": cfg.as_dict(), "code_hash": cfg.code_hash(),
+def base_record(cfg: RunConfig, executor: dict | None = None) -> dict:
+    return {"hash": cfg.key(), "config": cfg.as_dict(), "code_hash": cfg.code_hash(),
             "env": environment(torch.device(cfg.device), cfg.threads),
+            "executor": executor or {"name": "local", "concurrent": 1},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def failed_record(cfg: RunConfig, error: str, executor: dict | None = None) -> dict:
+    """The record of a run that could not report itself (its worker died)."""
+    return {**base_record(cfg, executor), "status": "failed", "error": error,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def run_config(cfg: RunConfig, out: Path, progress: bool = False, checkpoint_every: int | None = None,
+               executor: dict | None = None) -> dict:
+    """Train one configuration and write its record; failures are recorded, never raised.
+
+    An interruption (KeyboardInterrupt, SystemExit) writes no record: the run counts as not done,
+    and resumes from its last checkpoint if it has one."""
+    base = base_record(cfg, executor)
+    ckpt = saved.path(out, base["hash"]) if checkpoint_every else None
     try:
-        record = {**base, **train(cfg, progress)}
-    except KeyboardInterrupt:
+        record = {**base, **train(cfg, progress, checkpoint_every, ckpt)}
+    except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - a crashing run is a result, the sweep goes on
         record = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(limit=8)}
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     store.save(out, record)
+    saved.remove(saved.path(out, base["hash"]))
     return record
 
 

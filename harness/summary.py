@@ -14,31 +14,32 @@ from tabulate import tabulate
 
 from . import stats
 from .store import write_atomic
-from .task import SCORES
 
 GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden"]
 # rows compared with each other by the test against the best: same task, horizon and model
 PEERS = [c for c in GROUP if c not in ("method", "params")]
-COLUMNS = GROUP + ["n_params", "seeds", "failed", "metric", "score_mean", "score_std", "score_ci_low",
+COLUMNS = GROUP + ["tuned", "n_params", "seeds", "failed", "metric", "score_mean", "score_std", "score_ci_low",
                    "score_ci_high", "solved_threshold", "solved_frac", "sequences_to_solve_median",
                    "higher_is_better", "best", "p_vs_best", "differs_from_best", "no_test_reason", "chance",
                    "time_ms_per_step", "time_ms_per_update", "updates_per_step", "saved_bytes", "state_bytes",
                    "cuda_peak_bytes", "grad_cosine", "grad_cosine_recurrent", "grad_rel_error",
                    "grad_cosine_recurrent_init", "grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance",
-                   "threads", "device"]
+                   "threads", "device", "concurrent"]
 
 
 def record_row(r: dict) -> dict:
     """One flat row per run record."""
     cfg = r["config"]
     label = r.get("method_label") or cfg["method"]
-    row = {"method": cfg["method"], "params": label[len(cfg["method"]):].strip("[]"),
+    name = label.split("[", 1)[0]  # the method's name (cfg["method"] may be a file path)
+    row = {"method": name, "params": label[len(name):].strip("[]"),
            "task": cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
                                   if cfg.get("task_params") else ""),
            "seq_len": cfg["seq_len"], "eval_seq_len": cfg.get("eval_seq_len") or cfg["seq_len"],
            "cell": cfg["cell"], "hidden": cfg["hidden"], "seed": cfg["seed"], "status": r.get("status"),
            "n_params": r.get("n_params"), "metric": r.get("metric"), "chance": r.get("chance"),
-           "threads": cfg.get("threads"), "device": cfg.get("device")}
+           "threads": cfg.get("threads"), "device": cfg.get("device"), "tuned": r.get("tuned", ""),
+           "concurrent": (r.get("executor") or {}).get("concurrent", 1)}
     if r.get("status") != "ok":
         return row
     threshold, higher = _threshold(r), r.get("higher_is_better", True)
@@ -90,7 +91,8 @@ def summarise(records: list[dict]) -> pd.DataFrame:
         row.update(n_params=g["n_params"].dropna().iloc[0] if g["n_params"].notna().any() else np.nan,
                    seeds=len(ok), failed=len(g) - len(ok), metric=g["metric"].dropna().iloc[0]
                    if g["metric"].notna().any() else "", chance=_mean(g["chance"]),
-                   threads=g["threads"].iloc[0], device=g["device"].iloc[0])
+                   threads=g["threads"].iloc[0], device=g["device"].iloc[0],
+                   tuned=next((t for t in g["tuned"] if t), ""), concurrent=g["concurrent"].max())
         if len(ok):
             row["score_mean"], row["score_ci_low"], row["score_ci_high"] = stats.mean_ci(ok["score"])
             row["score_std"] = float(ok["score"].std(ddof=1)) if len(ok) > 1 else np.nan
@@ -179,6 +181,7 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             bias = f"{r['grad_rel_bias']:.3f} ± {r['grad_rel_bias_se']:.3f}"
         rows.append({
             "method": r["method"] + (f"[{r['params']}]" if r["params"] else ""),
+            "tuned": r["tuned"] if isinstance(r["tuned"], str) else "",
             "task": r["task"], "T": r["seq_len"] if r["eval_seq_len"] == r["seq_len"]
             else f"{r['seq_len']}→{r['eval_seq_len']}",
             "cell": f"{r['cell']}-{r['hidden']}", "seeds": f"{r['seeds']}" + (f" ({r['failed']} failed)"
@@ -222,12 +225,24 @@ def footnote(df: pd.DataFrame) -> str:
     return text
 
 
+PARALLEL_NOTE = ("Warning: some runs were timed while up to {n} runs ran at the same time (joblib or SLURM "
+                 "executor); their ms/step and ms/update are not comparable with times measured alone. "
+                 "Time with --executor local (one run after another) to compare speed.")
+
+
+def notes(df: pd.DataFrame) -> list[str]:
+    """Footnotes that depend on the records: timings measured in parallel."""
+    n = pd.to_numeric(df.get("concurrent", pd.Series(dtype=float)), errors="coerce").max()
+    return [PARALLEL_NOTE.format(n=int(n))] if n == n and n > 1 else []
+
+
 def write(df: pd.DataFrame, out: Path) -> str:
     out = Path(out)
+    extra = "".join("\n\n" + note for note in notes(df))
     shown = display(df) if len(df) else pd.DataFrame()
     md = tabulate(shown, headers="keys", tablefmt="github", showindex=False)
     write_atomic(out / "summary.csv", df.to_csv(index=False))
-    write_atomic(out / "summary.md", md + "\n\n" + footnote(df) + "\n")
+    write_atomic(out / "summary.md", md + "\n\n" + footnote(df) + extra + "\n")
     write_atomic(out / "summary.tex", tabulate(shown, headers="keys", tablefmt="latex_booktabs",
                                                showindex=False) + "\n")
-    return md
+    return md + extra

@@ -1,0 +1,241 @@
+"""Where runs execute. One small interface, three backends:
+
+- `local`: in this process, one run after another: the only way to get comparable timings;
+- `joblib`: N local worker processes (loky), torch's threads pinned to `--threads` in each;
+- `slurm`: a submitit job array on a SLURM cluster (or submitit's `local`/`debug` clusters, which
+  run the same submission code on this machine, for trying it out and for CI).
+
+Every backend runs `work` on each configuration; `work` writes the run's record itself, atomically,
+so what a backend returns is only for the progress bar: the records on disk are the results, and
+a run whose record is there and ok is never dispatched again.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from . import runner, store
+from .config import ConfigError, did_you_mean
+from .runner import RunConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def work(cfg: RunConfig, out: Path, options: dict) -> dict:
+    """One run, in whatever process a backend chose; a top-level function so it pickles."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return runner.run_config(cfg, out, **options)
+
+
+class Executor:
+    """Runs a list of configurations and yields each one's record as it finishes."""
+
+    name = "local"
+    concurrent = 1  # how many runs may be timed at the same time; > 1: times not comparable
+
+    def run(self, configs: list[RunConfig], out: Path, options: dict) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def running(self, remaining: int) -> int:
+        """Runs in flight now, for the progress bar."""
+        return min(self.concurrent, remaining)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "concurrent": self.concurrent}
+
+
+class Local(Executor):
+    def run(self, configs, out, options):
+        for cfg in configs:
+            yield work(cfg, out, {**options, "executor": self.describe()})
+
+
+class Joblib(Executor):
+    name = "joblib"
+
+    def __init__(self, jobs: int, threads: int):
+        self.concurrent, self.threads = jobs, threads
+
+    def run(self, configs, out, options):
+        import joblib
+        options = {**options, "progress": False, "executor": self.describe()}
+        # inner_max_num_threads caps BLAS/OpenMP pools in the workers; train() also pins torch's
+        with joblib.parallel_config(backend="loky", inner_max_num_threads=self.threads):
+            parallel = joblib.Parallel(n_jobs=self.concurrent, return_as="generator_unordered")
+            yield from parallel(joblib.delayed(work)(cfg, out, options) for cfg in configs)
+
+
+class Slurm(Executor):
+    """A submitit job array: one job per run, at most `array_parallelism` running at a time."""
+
+    name = "slurm"
+    CLUSTERS = ("slurm", "local", "debug")
+
+    def __init__(self, cluster: str, params: dict[str, Any], threads: int, poll_s: float = 2.0):
+        if cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ConfigError("--executor slurm: sbatch is not available on this machine; run from a SLURM "
+                              "login node (--slurm-cluster local runs the same jobs as local processes)")
+        self.cluster, self.poll_s, self.threads = cluster, poll_s, threads
+        # submitit's own default time limit is 5 minutes: too short for most runs
+        self.params = {"cpus_per_task": threads, "timeout_min": DEFAULT_TIME_MIN, **params}
+        if cluster != "debug":  # jobs import harness from this checkout, wherever they start
+            self.params[f"{cluster}_setup"] = [f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        self.concurrent = int(self.params.get("slurm_array_parallelism") or 0)
+        self.jobs: dict = {}
+        check_submitit_params(self.params)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "cluster": self.cluster, "concurrent": self.concurrent}
+
+    def _executor(self, out: Path):
+        import submitit
+        executor = submitit.AutoExecutor(folder=Path(out) / "slurm", cluster=self.cluster)
+        executor.update_parameters(name="creditbench", **self.params)
+        return executor
+
+    def run(self, configs, out, options):
+        if not configs:
+            return
+        # SLURM limits a job array's running jobs itself; submitit's local cluster would start every
+        # job at once, so it is fed at most that many at a time; its debug cluster runs one here
+        default = {"slurm": len(configs), "local": max(1, (os.cpu_count() or 1) // self.threads), "debug": 1}
+        self.concurrent = min(self.concurrent or default[self.cluster], len(configs))
+        out = Path(out).resolve()  # jobs may start in another directory
+        options = {**options, "progress": False, "executor": self.describe()}
+        executor = self._executor(out)
+        queue, pending = list(configs), {}
+        self.jobs = pending
+        try:
+            while queue or pending:
+                if self.cluster == "slurm" and queue:
+                    jobs = executor.map_array(work, queue, [out] * len(queue), [options] * len(queue))
+                    pending.update(zip(jobs, queue))
+                    queue = []
+                while queue and len(pending) < self.concurrent:
+                    cfg = queue.pop(0)
+                    pending[executor.submit(work, cfg, out, options)] = cfg
+                finished = [j for j in pending if self.cluster == "debug" or j.done()]
+                for job in finished:
+                    yield self._collect(job, pending.pop(job), out)
+                if pending and not finished:
+                    time.sleep(self.poll_s)
+        except BaseException:  # Ctrl-C: jobs left queued would run unsupervised, and twice on a rerun
+            for job in pending:
+                job.cancel(check=False)
+            raise
+
+    def _collect(self, job, cfg: RunConfig, out: Path) -> dict:
+        try:
+            return job.result()
+        except Exception as exc:  # noqa: BLE001 - the worker died (killed, timed out, out of memory)
+            record = store.load(out, cfg.key())
+            if record and record.get("status") == "ok":
+                return record
+            # submitit's message: what happened (state), then where the job's logs are
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            state = next((line for line in lines if "state:" in line), lines[0] if lines else type(exc).__name__)
+            logs = next((line for line in lines if "Look at" in line or line.startswith("Error stream")), "")
+            record = runner.failed_record(cfg, f"job {job.job_id} died: {state} {logs}".strip(), self.describe())
+            store.save(out, record)
+            return record
+
+    def running(self, remaining: int) -> int:
+        if self.cluster == "debug":
+            return min(1, remaining)
+        return sum(1 for j in self.jobs if j.state in ("RUNNING", "COMPLETING"))
+
+
+# --- building an executor from the command line ------------------------------------------------
+DEFAULT_TIME_MIN = 240
+GENERIC = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node", "name",
+           "stderr_to_stdout"}
+
+
+def slurm_time(text: str) -> int:
+    """Minutes from 'MIN', 'H:MM:SS' or 'D-H:MM:SS' (seconds rounded up)."""
+    m = re.fullmatch(r"\s*(?:(\d+)-)?(\d+):(\d\d):(\d\d)\s*|\s*(\d+)\s*", text)
+    if not m:
+        raise ConfigError(f"--slurm-time {text!r}: expected minutes, H:MM:SS or D-H:MM:SS")
+    days, hours, minutes, seconds, plain = (int(g) if g else 0 for g in m.groups())
+    total = plain if m.group(5) else days * 1440 + hours * 60 + minutes + (seconds > 0)
+    if total <= 0:
+        raise ConfigError(f"--slurm-time {text!r} must be positive")
+    return total
+
+
+def slurm_param(text: str) -> tuple[str, Any]:
+    """'mem_gb=16' -> ('mem_gb', 16); 'constraint=volta' -> ('slurm_constraint', 'volta')."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--slurm-param {text!r}: expected key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, (dict, list)) and not value.strip().startswith(("[", "{")):
+        parsed = value
+    if key not in GENERIC and not key.startswith(("slurm_", "local_", "debug_")):
+        key = f"slurm_{key}"
+    return key, parsed
+
+
+def check_submitit_params(params: dict) -> None:
+    """Let submitit check names and types now, before anything is submitted."""
+    import submitit
+    from submitit.slurm.slurm import SlurmExecutor
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            submitit.AutoExecutor(folder=tmp, cluster="debug").update_parameters(**params)
+        except (NameError, AssertionError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first.split(" Valid arguments")[0]
+            bad = re.search(r"slurm_(\w+)", first)
+            hint = did_you_mean(bad.group(1), sorted(SlurmExecutor._valid_parameters())) if bad else ""
+            raise ConfigError(f"--slurm-param: {first}{hint}") from None
+
+
+def make(args) -> Executor:
+    if args.executor == "local":
+        return Local()
+    if args.executor == "joblib":
+        return Joblib(args.jobs, args.threads)
+    params = {"slurm_partition": args.slurm_partition, "slurm_gpus_per_task": args.slurm_gpus_per_task,
+              "slurm_array_parallelism": args.slurm_array_parallelism,
+              "timeout_min": args.slurm_time}
+    for key, value in (args.slurm_param or []):
+        params[key] = value
+    return Slurm(args.slurm_cluster, {k: v for k, v in params.items() if v is not None}, args.threads)
+
+
+def dispatch(executor: Executor, configs: list[RunConfig], out: Path, total: int, done: int, options: dict,
+             progress: bool = True) -> dict[str, int]:
+    """Run `configs` (those not done) with a progress bar over all `total` runs of the sweep."""
+    from tqdm.auto import tqdm
+    counts = {"ok": 0, "failed": 0, "diverged": 0}
+    bar = tqdm(total=total, initial=done, desc=f"runs ({executor.name})", unit="run", disable=not progress)
+    remaining = len(configs)
+
+    def show():
+        bar.set_postfix_str(f"done {bar.n}, running {executor.running(remaining)}, "
+                            f"failed {counts['failed'] + counts['diverged']}, remaining {remaining}", refresh=True)
+
+    show()
+    try:
+        for record in executor.run(configs, out, {**options, "progress": progress and executor.name == "local"}):
+            remaining -= 1
+            counts[record.get("status") if record.get("status") in counts else "failed"] += 1
+            bar.update()
+            show()
+    finally:
+        bar.close()
+    return counts

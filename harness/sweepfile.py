@@ -1,0 +1,144 @@
+"""Sweep files: the command line's options written down in YAML or TOML, one key per option.
+
+    methods: "tbptt[k=[5,10,20]],bptt"        # or a list of items, or a mapping name -> options
+    tasks: [copy, adding]
+    seq_len: [100, 200, 400]
+    seeds: 5
+    slurm_param: {mem_gb: 16, constraint: volta}
+
+Keys are the long option names with '-' or '_'. Every value goes through the same parsing and
+checks as on the command line, and the command line overrides the file. Any problem is one
+`ConfigError` naming the file, the line and the key.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, did_you_mean
+
+NOT_IN_FILE = {"help", "config"}
+LIST_OPTIONS = {"methods", "tasks", "seq_len", "tune"}   # written as comma-separated lists on the command line
+
+
+def load(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Parsed option values by argparse `dest`, ready for `parser.set_defaults`."""
+    path = Path(path)
+    data, text = _read(path)
+    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_IN_FILE and a.option_strings}
+    values = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        where = f"{path.name} line {_line_of(text, str(raw_key))}: {raw_key}"
+        if key not in actions:
+            raise ConfigError(f"{where}: unknown option{did_you_mean(key, list(actions))}; "
+                              f"keys are the long options of run_all.py --help")
+        if value is None:
+            raise ConfigError(f"{where}: no value")
+        try:
+            values[key] = _parse(actions[key], key, value)
+        except (ConfigError, argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return values
+
+
+def _read(path: Path) -> tuple[dict, str]:
+    if not path.is_file():
+        raise ConfigError(f"sweep file '{path}' does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path.name}{line}: cannot read YAML: {problem}") from None
+    elif path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path.name}: cannot read TOML: {str(exc).splitlines()[0]}") from None
+    else:
+        raise ConfigError(f"sweep file '{path}': expected .yaml, .yml or .toml")
+    if data is None:
+        raise ConfigError(f"{path.name}: the sweep file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: expected option: value pairs at the top level, found a "
+                          f"{type(data).__name__}")
+    return data, text
+
+
+def _line_of(text: str, key: str) -> int | str:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[:=]")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return number
+    return "?"
+
+
+def _parse(action: argparse.Action, key: str, value: Any) -> Any:
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):   # repeatable key=value options (slurm_param)
+        items = value.items() if isinstance(value, dict) else None
+        if items is None:
+            raise ConfigError(f"expected a mapping of key: value, got {value!r}")
+        return [action.type(f"{k}={_scalar(v)}") if action.type else f"{k}={_scalar(v)}" for k, v in items]
+    if key == "tune" and isinstance(value, dict):
+        text = ",".join(f"{k}={_listed(v)}" for k, v in value.items())
+    elif key in ("methods", "tasks"):
+        text = _specs(value)
+    elif key in LIST_OPTIONS and isinstance(value, list):
+        text = ",".join(_scalar(v) for v in value)
+    elif isinstance(value, (list, dict)):
+        raise ConfigError(f"expected a single value, got {value!r}")
+    else:
+        text = _scalar(value)
+    parsed = action.type(text) if action.type else text
+    if action.choices is not None and parsed not in action.choices:
+        raise ConfigError(f"{parsed!r} is not one of {', '.join(map(str, action.choices))}"
+                          f"{did_you_mean(str(parsed), [str(c) for c in action.choices])}")
+    return parsed
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float, str)):
+        return str(v)
+    raise ConfigError(f"expected a number or a word, got {v!r}")
+
+
+def _listed(v: Any) -> str:
+    if isinstance(v, list):
+        if not v:
+            raise ConfigError("empty list")
+        return "[" + ",".join(_scalar(x) for x in v) + "]"
+    return _scalar(v)
+
+
+def _specs(value: Any) -> str:
+    """A string, a list of strings or single-key mappings, or a mapping name -> {option: value or list}."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        items = []
+        for name, params in value.items():
+            if params is None or params == {}:
+                items.append(str(name))
+            elif isinstance(params, dict):
+                items.append(f"{name}[{','.join(f'{k}={_listed(v)}' for k, v in params.items())}]")
+            else:
+                raise ConfigError(f"{name}: expected a mapping of option: value, got {params!r}")
+        return ",".join(items)
+    if isinstance(value, list) and value:
+        return ",".join(_specs(v) if isinstance(v, (str, dict)) else _scalar(v) for v in value)
+    raise ConfigError(f"expected a name, a list or a mapping, got {value!r}")
