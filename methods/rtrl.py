@@ -1,0 +1,91 @@
+"""Real-time recurrent learning (Williams and Zipser 1989): exact forward-mode gradients.
+
+Per lane, the influence matrix M_t = d s_t / d theta (s = h, or (h, c) for the LSTM; theta the cell's
+parameters) is carried forward and reset to zero at the start of the sequence:
+
+    M_t = J_t M_{t-1} + F_t,     J_t = d s_t / d s_{t-1},   F_t = d s_t / d theta (immediate)
+    grad += (d loss_t / d s_t) M_t
+
+F_t is D_i (x) [x_t; 1] for (W_ih, b_ih) and D_h (x) [h_{t-1}; 1] for (W_hh, b_hh) (methods/_jacobians.py).
+Tanh RNN (structured path): D_i = D_h = diag(1 - h_t^2) and J_t = diag(1 - h_t^2) W_hh, so
+M_t = diag(1 - h_t^2) (W_hh M_{t-1} + I (x) v_t): one H x H by H x (B H V) product per step, into a
+preallocated workspace. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode AD, then a batched
+product. Cost per step O(S^2 P) = O(H^4), memory B S P: the carried state is M (state_bytes); the
+product needs a workspace of the same size, counted in the refusal estimate.
+"""
+import torch
+
+from harness.config import ConfigError, Param
+from harness.models import CELLS, RNNCell
+from methods._jacobians import lane_jacobians, preactivations
+from methods._online import ONLINE_PARAMS, OnlineMethod
+
+
+def influence_shape(cell: str, input_size: int, hidden: int) -> tuple[int, int]:
+    """(S, P): rows (state size) and columns (cell parameters) of one lane's influence matrix."""
+    cls = CELLS[cell]
+    return hidden * len(cls.state_names), cls.gates * hidden * (input_size + hidden + 2)
+
+
+class RTRL(OnlineMethod):
+    name = "rtrl"
+    description = "real-time recurrent learning: exact influence matrix d state / d theta carried forward"
+    paper = ("Williams and Zipser, A learning algorithm for continually running fully recurrent neural "
+             "networks, Neural Computation 1989")
+    gradient_kind = "exact"
+    hyperparameters = {**ONLINE_PARAMS,
+                       "max_gib": Param(4.0, float, "refuse runs whose influence matrix and workspace exceed "
+                                        "this many GiB", check=lambda v: v > 0, allowed="a positive number")}
+    test_params = [{}, {"update_every": 1}]
+    structured = True   # the tanh RNN's Kronecker path; False forces the generic path (tests compare them)
+
+    def check(self, spec):
+        super().check(spec)
+        S, P = influence_shape(spec.cell, spec.input_size, spec.hidden_size)
+        item = torch.empty((), dtype=spec.dtype).element_size()
+        need = 2 * spec.batch_size * S * P * item
+        if need > self.max_gib * 2**30:
+            raise ConfigError(f"method rtrl: the influence matrix would take {need / 2 ** 31:.1f} GiB (batch "
+                              f"{spec.batch_size} x state {S} x {P} cell parameters x {item} bytes), "
+                              f"{need / 2 ** 30:.1f} GiB with its workspace, over max_gib={self.max_gib}; "
+                              f"lower --hidden or --batch, or raise max_gib")
+
+    def begin(self, cell, B):
+        I, H, G = cell.input_size, cell.hidden_size, cell.weight_hh.shape[0]
+        V = I + H + 2
+        self.fast = self.structured and isinstance(cell, RNNCell)
+        w = cell.weight_hh
+        if self.fast:   # [s, lane, row k, column j]: W_hh @ M is one matrix product over all lanes
+            self.M, self.work = w.new_zeros(H, B, H, V), w.new_empty(H, B, H, V)
+        else:
+            S = H * len(cell.state_names)
+            self.M = w.new_zeros(B, S, G, V)
+
+    def advance(self, cell, x, prev, new, rng):
+        h_prev, I, H = prev[0], cell.input_size, cell.hidden_size
+        if self.fast:
+            D = 1 - new[0] ** 2
+            torch.mm(cell.weight_hh, self.M.view(H, -1), out=self.work.view(H, -1))
+            self.work.diagonal(dim1=0, dim2=2).add_(self.input_vector(x, h_prev)[:, :, None])
+            self.work.mul_(D.T[:, :, None, None])
+            self.M, self.work = self.work, self.M
+            return
+        gi, gh = preactivations(cell, x, h_prev)
+        Di, Dh, J = lane_jacobians(cell, gi, gh, prev)
+        J[:, :, :H] += Dh @ cell.weight_hh
+        B, S, G, V = self.M.shape
+        M = torch.bmm(J, self.M.view(B, S, G * V)).view(B, S, G, V)
+        one = x.new_ones(x.shape[0], 1)
+        M[..., :I + 1] += Di[..., None] * torch.cat([x, one], 1)[:, None, None, :]
+        M[..., I + 1:] += Dh[..., None] * torch.cat([h_prev, one], 1)[:, None, None, :]
+        self.M = M
+
+    def credit(self, delta):
+        if self.fast:
+            H, B, _, V = self.M.shape
+            self.grad += (delta.T.reshape(1, H * B) @ self.M.view(H * B, H * V)).view(H, V)
+        else:
+            self.grad += torch.einsum("bs,bsgv->gv", delta, self.M)
+
+    def carried(self):
+        return [self.M]
