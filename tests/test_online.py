@@ -118,12 +118,12 @@ def test_statistically_unbiased_at_a_larger_size(name):
     method, net, batch = METHODS.get(name)(), network("rnn", 8), regression_batch(10, 2)
     ref = flat(reference_gradient(net, batch))
     draws = torch.stack([flat(method.gradient(net, batch, torch.Generator().manual_seed(k))[1])
-                         for k in range(300)])
-    figs = stochastic_figures(draws, ref, n_boot=300, seed=0)
+                         for k in range(150)])
+    figs = stochastic_figures(draws, ref, n_boot=200, seed=0)
     assert figs["rel_variance"] > 0
     assert figs["rel_bias"] <= 3 * figs["rel_bias_se"] + 1e-12, figs
     # the same test sees a bias of the size of one standard error of the mean estimate
-    biased = stochastic_figures(draws + 0.2 * ref, ref, n_boot=300, seed=0)
+    biased = stochastic_figures(draws + 0.2 * ref, ref, n_boot=200, seed=0)
     assert biased["bias_detected"], biased
 
 
@@ -134,7 +134,7 @@ def test_kf_rtrl_variance_below_uoro():
     for name in ("uoro", "kf_rtrl"):
         method = METHODS.get(name)()
         draws = torch.stack([flat(method.gradient(net, batch, torch.Generator().manual_seed(k))[1])
-                             for k in range(100)])
+                             for k in range(60)])
         v[name] = stochastic_figures(draws, ref, n_boot=10)["rel_variance"]
     assert v["kf_rtrl"] < v["uoro"], v
 
