@@ -20,6 +20,9 @@ def source_hash(*classes) -> str:
         h.update((HARNESS / name).read_bytes())
     for cls in classes:
         h.update(inspect.getsource(inspect.getmodule(cls)).encode())
+        # helper modules beside it (methods/_online.py, ...) are part of what it computes
+        for helper in sorted(Path(inspect.getfile(cls)).parent.glob("_*.py")):
+            h.update(helper.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -102,3 +102,12 @@ def test_measure_reports_mean_per_sample_cosine_and_stochastic_columns():
     assert figs["cosine"] == pytest.approx(1 / math.sqrt(1 + method.c**2), rel=1e-9)
     assert 0.5 * method.c**2 < figs["rel_variance"] <= method.c**2 * 64 / 63 + 1e-12
     assert not figs["bias_detected"]
+
+
+def test_tiny_spread_about_the_reference_is_not_lost_to_cancellation():
+    # errors 1e-9 of |g*|: expanding |g_k|^2 - |m|^2 around 0 would cancel every digit
+    K, P, sigma = 200, 10, 1e-9
+    draws, ref = gaussian_draws(K, P, 0.0, sigma, seed=5)
+    figs = stochastic_figures(draws, ref, n_boot=100)
+    assert figs["rel_variance"] == pytest.approx(P * sigma**2, rel=0.3)
+    assert figs["rel_bias_raw"] == pytest.approx(math.sqrt(P * sigma**2 / K), rel=0.5)
