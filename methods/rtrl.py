@@ -7,9 +7,10 @@ parameters) is carried forward and reset to zero at the start of the sequence:
     grad += (d loss_t / d s_t) M_t
 
 F_t is D_i (x) [x_t; 1] for (W_ih, b_ih) and D_h (x) [h_{t-1}; 1] for (W_hh, b_hh) (methods/_jacobians.py).
-Tanh RNN (structured path): D_i = D_h = diag(1 - h_t^2) and J_t = diag(1 - h_t^2) W_hh, so
-M_t = diag(1 - h_t^2) (W_hh M_{t-1} + I (x) v_t): one H x H by H x (B H V) product per step, into a
-preallocated workspace. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode AD, then a batched
+Tanh RNN (structured path): with D_t = diag(1 - h_t^2), D_i = D_h = D_t and J_t = D_t W_hh, so
+M_t = (D_t W_hh) M_{t-1} + D_t (x) v_t: per lane one H x H by H x (H V) product into a preallocated
+workspace (the D_t scaling folded into the small factor, so M is read and written once per step),
+then the immediate term added on the block diagonal. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode AD, then a batched
 product. Cost per step O(S^2 P) = O(H^4), memory B S P: the carried state is M (state_bytes); the
 product needs a workspace of the same size, counted in the refusal estimate.
 """
@@ -55,8 +56,8 @@ class RTRL(OnlineMethod):
         V = I + H + 2
         self.fast = self.structured and isinstance(cell, RNNCell)
         w = cell.weight_hh
-        if self.fast:   # [s, lane, row k, column j]: W_hh @ M is one matrix product over all lanes
-            self.M, self.work = w.new_zeros(H, B, H, V), w.new_empty(H, B, H, V)
+        if self.fast:   # [lane, s, row k, column j]
+            self.M, self.work = w.new_zeros(B, H, H, V), w.new_empty(B, H, H, V)
         else:
             S = H * len(cell.state_names)
             self.M = w.new_zeros(B, S, G, V)
@@ -64,10 +65,10 @@ class RTRL(OnlineMethod):
     def advance(self, cell, x, prev, new, rng):
         h_prev, I, H = prev[0], cell.input_size, cell.hidden_size
         if self.fast:
-            D = 1 - new[0] ** 2
-            torch.mm(cell.weight_hh, self.M.view(H, -1), out=self.work.view(H, -1))
-            self.work.diagonal(dim1=0, dim2=2).add_(self.input_vector(x, h_prev)[:, :, None])
-            self.work.mul_(D.T[:, :, None, None])
+            B, D = x.shape[0], 1 - new[0] ** 2
+            DW = D[:, :, None] * cell.weight_hh                                   # [B, H, H]
+            torch.bmm(DW, self.M.view(B, H, -1), out=self.work.view(B, H, -1))
+            self.work.diagonal(dim1=1, dim2=2).addcmul_(self.input_vector(x, h_prev)[:, :, None], D[:, None, :])
             self.M, self.work = self.work, self.M
             return
         gi, gh = preactivations(cell, x, h_prev)
@@ -82,8 +83,8 @@ class RTRL(OnlineMethod):
 
     def credit(self, delta):
         if self.fast:
-            H, B, _, V = self.M.shape
-            self.grad += (delta.T.reshape(1, H * B) @ self.M.view(H * B, H * V)).view(H, V)
+            B, H, _, V = self.M.shape
+            self.grad += (delta.reshape(1, B * H) @ self.M.view(B * H, H * V)).view(H, V)
         else:
             self.grad += torch.einsum("bs,bsgv->gv", delta, self.M)
 

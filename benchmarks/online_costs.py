@@ -1,0 +1,140 @@
+"""Cost and gradient quality of the online methods against BPTT, measured in one run.
+
+Per hidden size (32, 64, 128) and batch (1, 32), on the tanh RNN and the adding task:
+- time per time step of one training step (median over repeats, after a warm-up), for bptt, rtrl,
+  uoro and kf_rtrl on the same network and batch, and its ratio to bptt's; for rtrl also the time of
+  its one matrix product per step alone (the floor its structured path can reach on this machine);
+- state bytes (the method's carried state) and saved bytes (peak held by autograd during the step);
+- relative bias (debiased, with bootstrap standard error), relative variance and mean per-sample
+  cosine of uoro and kf_rtrl over K draws at fixed parameters, on the same network and a batch of the
+  same size (DESIGN.md's definitions, computed by harness.fidelity.measure).
+
+Writes results/reference/online_costs.{csv,md} (or --out). Timings are only comparable within one run.
+
+    python benchmarks/online_costs.py            # full (a few minutes on 2 cores)
+    python benchmarks/online_costs.py --quick    # smoke run, small sizes and K
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness import fidelity  # noqa: E402
+from harness.meters import SavedBytesMeter  # noqa: E402
+from harness.method import RunSpec, Updater  # noqa: E402
+from harness.registry import METHODS, TASKS  # noqa: E402
+from harness.task import stream_seed  # noqa: E402
+
+METHOD_NAMES = ["bptt", "rtrl", "uoro", "kf_rtrl"]
+STOCHASTIC = ["uoro", "kf_rtrl"]
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def network(method, task, hidden, batch):
+    spec = RunSpec("rnn", task.input_size, hidden, task.output_size, task.num_steps, batch)
+    method.check(spec)
+    torch.manual_seed(stream_seed(0, "init"))
+    return method.build_network(spec)
+
+
+def cost_rows(task, hidden, batch, repeats):
+    data = next(task.stream(0, "train", batch))
+    L, rows = task.num_steps, {}
+    for name in METHOD_NAMES:
+        method = METHODS.get(name)()
+        net = network(method, task, hidden, batch)
+        updater = Updater(net, torch.optim.SGD(net.parameters(), lr=1e-3), clip=None)
+        rng = torch.Generator().manual_seed(stream_seed(0, "method"))
+        meter = SavedBytesMeter(list(net.parameters()) + data.tensors())
+        with meter.measure():
+            method.train_step(net, data, updater, rng)
+        ms = median_ms(lambda: method.train_step(net, data, updater, rng), repeats) / L
+        rows[name] = {"method": name, "hidden": hidden, "batch": batch, "ms_per_step": ms,
+                      "state_bytes": method.state_bytes(), "saved_bytes": meter.peak}
+        if name == "rtrl":   # its one H x H by H x (H V) product per lane, alone
+            V = task.input_size + hidden + 2
+            W, M = torch.randn(batch, hidden, hidden), torch.randn(batch, hidden, hidden * V)
+            out = torch.empty_like(M)
+            rows[name]["gemm_floor_ms_per_step"] = median_ms(lambda: torch.bmm(W, M, out=out), repeats)
+    for r in rows.values():
+        r["time_vs_bptt"] = r["ms_per_step"] / rows["bptt"]["ms_per_step"]
+    return list(rows.values())
+
+
+def fidelity_rows(task, hidden, batch, K):
+    data = next(task.stream(0, "fidelity", batch))
+    rows = []
+    for name in STOCHASTIC:
+        method = METHODS.get(name)()
+        net = network(method, task, hidden, batch)
+        t0 = time.perf_counter()
+        f = fidelity.measure(method, net, data, seed=0, samples=K)
+        rows.append({"method": name, "hidden": hidden, "batch": batch, "K": K, "rel_bias": f["rel_bias"],
+                     "rel_bias_se": f["rel_bias_se"], "bias_detected": f["bias_detected"],
+                     "rel_variance": f["rel_variance"], "mean_cosine": f["cosine"],
+                     "mean_cosine_recurrent": f["cosine_recurrent"], "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: hidden 32, batch 1 and 4, K=50")
+    p.add_argument("--seq-len", type=int, default=20, help="adding-task horizon T (L = T steps)")
+    p.add_argument("--samples", type=int, default=None, help="K draws for bias and variance (default 1000)")
+    p.add_argument("--fidelity-batches", type=str, default="1", help="batch sizes of the bias/variance part")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "reference")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    hiddens, batches = ([32], [1, 4]) if args.quick else ([32, 64, 128], [1, 32])
+    K = args.samples or (50 if args.quick else 1000)
+    repeats = 2 if args.quick else 3
+    task = TASKS.get("adding")(args.seq_len)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+
+    costs = [r for h in hiddens for b in batches for r in cost_rows(task, h, b, repeats)]
+    fid = [r for h in hiddens for b in map(int, args.fidelity_batches.split(","))
+           for r in fidelity_rows(task, h, b, K)]
+
+    env = (f"torch {torch.__version__}, 1 thread, {platform.processor() or platform.machine()}, "
+           f"{os.cpu_count()} cores; load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at "
+           f"end; {time.perf_counter() - start:.0f} s in all; adding task T={args.seq_len}, tanh RNN, float32")
+    cost_df, fid_df = pd.DataFrame(costs), pd.DataFrame(fid)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    merged = pd.concat([cost_df.assign(part="cost"), fid_df.assign(part="fidelity")], ignore_index=True)
+    merged.to_csv(args.out / f"online_costs{suffix}.csv", index=False)
+    cmd = "python benchmarks/online_costs.py" + (" --quick" if args.quick else "")
+    md = (f"# Online methods: cost per time step and stochastic-gradient quality\n\n`{cmd}`; {env}.\n\n"
+          "## Time and memory per time step (one training step over the sequence, divided by L)\n\n"
+          + tabulate(cost_df, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g")
+          + "\n\n`gemm_floor_ms_per_step`: rtrl's one matrix product per step timed alone in this run.\n\n"
+          f"## Bias and variance over K={K} draws at fixed parameters (initialisation)\n\n"
+          + tabulate(fid_df, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g") + "\n")
+    (args.out / f"online_costs{suffix}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
