@@ -1,5 +1,4 @@
 """Editing a method's helper module (methods/_*.py) changes the code hash, so its runs are redone."""
-import shutil
 import sys
 
 from harness import store
