@@ -32,7 +32,7 @@ def balance(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
 
 def lane_norm(t: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of each lane's slice (first dimension)."""
-    return t.flatten(1).norm(dim=1)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())))
 
 
 class OnlineMethod(Method):
@@ -64,7 +64,7 @@ class OnlineMethod(Method):
     # --- shared ------------------------------------------------------------------------------
     def signs(self, rng, shape, like: torch.Tensor) -> torch.Tensor:
         """Independent uniform signs from the run's method stream (tests replace this to enumerate)."""
-        return (torch.randint(0, 2, shape, generator=rng) * 2 - 1).to(like)
+        return torch.randint(0, 2, shape, generator=rng, dtype=like.dtype).to(like.device).mul_(2).sub_(1)
 
     @staticmethod
     def input_vector(x, h_prev):

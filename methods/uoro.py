@@ -33,22 +33,40 @@ class UORO(OnlineMethod):
     def begin(self, cell, B):
         S, G = cell.hidden_size * len(cell.state_names), cell.weight_hh.shape[0]
         w = cell.weight_hh
-        self.s, self.theta = w.new_zeros(B, S), w.new_zeros(B, G, cell.input_size + cell.hidden_size + 2)
+        # theta~ = scale * T per lane: the 1/rho0 rescaling then costs [B] numbers, and T is updated in
+        # place by one rank-one product (theta~ is the only large factor; this halves its memory passes)
+        self.s, self.T = w.new_zeros(B, S), w.new_zeros(B, G, cell.input_size + cell.hidden_size + 2)
+        self.scale = w.new_ones(B)
 
     def advance(self, cell, x, prev, new, rng):
         nu = self.signs(rng, self.s.shape, self.s)
         Js, a_in, a_hid = self.tangents(cell, x, prev, new, nu)
-        one = x.new_ones(x.shape[0], 1)
-        x1, h1 = torch.cat([x, one], 1), torch.cat([prev[0], one], 1)
-        nuF = torch.cat([a_in[:, :, None] * x1[:, None, :], a_hid[:, :, None] * h1[:, None, :]], 2)
+        if a_in is a_hid:   # tanh RNN: nu^T F = a (x) v, v = [x; 1; h; 1]
+            v = self.input_vector(x, prev[0])
+            nuF_norm = lane_norm(a_in) * lane_norm(v)
+        else:
+            one = x.new_ones(x.shape[0], 1)
+            x1, h1 = torch.cat([x, one], 1), torch.cat([prev[0], one], 1)
+            nuF_norm = torch.sqrt((lane_norm(a_in) * lane_norm(x1)) ** 2 + (lane_norm(a_hid) * lane_norm(h1)) ** 2)
+        theta_norm = self.scale * lane_norm(self.T)
 
-        rho0 = online.balance(lane_norm(self.theta), lane_norm(Js), self.eps)[:, None]
-        rho1 = online.balance(lane_norm(nuF), lane_norm(nu), self.eps)[:, None]
+        rho0 = online.balance(theta_norm, lane_norm(Js), self.eps)
+        rho1 = online.balance(nuF_norm, lane_norm(nu), self.eps)
         if self.trace is not None:
-            self.trace.append([(lane_norm(rho0 * Js), lane_norm(self.theta) / rho0[:, 0]),
-                               (lane_norm(rho1 * nu), lane_norm(nuF) / rho1[:, 0])])
-        self.s = rho0 * Js + rho1 * nu
-        self.theta = self.theta / rho0[:, :, None] + nuF / rho1[:, :, None]
+            self.trace.append([(lane_norm(rho0[:, None] * Js), theta_norm / rho0),
+                               (lane_norm(rho1[:, None] * nu), nuF_norm / rho1)])
+        self.s = rho0[:, None] * Js + rho1[:, None] * nu
+        self.scale = self.scale / rho0                                  # theta~ / rho0
+        c = (1 / (rho1 * self.scale))[:, None, None]                    # + nu^T F / rho1, in units of scale
+        if a_in is a_hid:
+            self.T.baddbmm_(c * a_in[:, :, None], v[:, None, :])
+        else:
+            I = x.shape[1]
+            self.T[..., :I + 1] += (c * a_in[:, :, None]) * x1[:, None, :]
+            self.T[..., I + 1:] += (c * a_hid[:, :, None]) * h1[:, None, :]
+        if not ((self.scale > 1e-4) & (self.scale < 1e4)).all():   # keep T in range
+            self.T.mul_(self.scale[:, None, None])
+            self.scale.fill_(1.0)
 
     def tangents(self, cell, x, prev, new, nu):
         """(J s~, nu^T dF/d gi, nu^T dF/d gh) per lane."""
@@ -69,7 +87,7 @@ class UORO(OnlineMethod):
         return Js, a_in, a_hid
 
     def credit(self, delta):
-        self.grad += torch.einsum("b,bgv->gv", (delta * self.s).sum(1), self.theta)
+        self.grad += torch.einsum("b,bgv->gv", (delta * self.s).sum(1) * self.scale, self.T)
 
     def carried(self):
-        return [self.s, self.theta]
+        return [self.s, self.T, self.scale]
