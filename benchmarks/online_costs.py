@@ -41,10 +41,12 @@ METHOD_NAMES = ["bptt", "rtrl", "uoro", "kf_rtrl"]
 STOCHASTIC = ["uoro", "kf_rtrl"]
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, budget_s: float = 20.0) -> float:
+    """Median of up to `repeats` timed calls after a warm-up; stops early (after one at least) once
+    `budget_s` is spent, so rtrl at hidden 128, batch 32 does not dominate the run."""
     fn()  # warm-up
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and (not times or sum(times) < budget_s):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -97,6 +99,21 @@ def fidelity_rows(task, hidden, batch, K):
     return rows
 
 
+def targets(cost_df) -> str:
+    lines = []
+    uoro = cost_df[cost_df.method == "uoro"]
+    worst = uoro.loc[uoro.time_vs_bptt.idxmax()]
+    lines.append(f"- uoro within 3x bptt per step: worst {worst.time_vs_bptt:.2f}x (hidden {worst.hidden}, batch "
+                 f"{worst.batch}): {'met' if worst.time_vs_bptt <= 3 else 'missed'}")
+    r = cost_df[(cost_df.method == "rtrl") & (cost_df.hidden == 128) & (cost_df.batch == 1)]
+    if len(r):
+        r = r.iloc[0]
+        lines.append(f"- rtrl at hidden 128, batch 1 under 7 ms per step: {r.ms_per_step:.1f} ms "
+                     f"({'met' if r.ms_per_step < 7 else 'missed'}); its one matrix product alone takes "
+                     f"{r.gemm_floor_ms_per_step:.1f} ms here ({r.ms_per_step / r.gemm_floor_ms_per_step:.2f}x)")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: hidden 32, batch 1 and 4, K=50")
@@ -132,6 +149,7 @@ def main(argv=None):
           + "\n\n`gemm_floor_ms_per_step`: rtrl's one matrix product per step timed alone in this run.\n\n"
           f"## Bias and variance over K={K} draws at fixed parameters (initialisation)\n\n"
           + tabulate(fid_df, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g") + "\n")
+    md += "\n## Targets (ratios from this run)\n\n" + targets(cost_df) + "\n"
     (args.out / f"online_costs{suffix}.md").write_text(md)
     print(md)
 
