@@ -206,3 +206,21 @@ def test_kf_rtrl_refuses_cells_without_the_factorisation(cell):
 def test_bad_update_every_is_a_config_error():
     with pytest.raises(ConfigError, match="update_every"):
         METHODS.get("uoro")(update_every=0)
+
+
+def test_command_line_refuses_before_training_and_reports_stochastic_columns(tmp_path, capsys):
+    import pandas as pd
+    from harness.cli import main
+    tiny = ["--tasks", "adding", "--seq-len", "4", "--steps", "2", "--seeds", "1", "--hidden", "4", "--batch", "2",
+            "--eval-batches", "1", "--grad-samples", "4", "--fidelity-points", "2", "--quiet", "--out", str(tmp_path)]
+    assert main(["--methods", "kf_rtrl", "--cell", "gru", *tiny]) == 2
+    assert main(["--methods", "rtrl[max_gib=0.000001]", "--cell", "rnn", *tiny]) == 2
+    assert "GiB" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+    assert main(["--methods", "rtrl,uoro,kf_rtrl,bptt", "--cell", "rnn", *tiny]) == 0
+    table = pd.read_csv(tmp_path / "summary.csv").set_index("method")
+    assert table.loc["rtrl", "grad_cosine"] == pytest.approx(1.0, abs=1e-6)
+    for name in ("uoro", "kf_rtrl"):
+        assert table.loc[name, ["grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance"]].notna().all()
+    for name in ("rtrl", "bptt"):
+        assert table.loc[name, ["grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance"]].isna().all()
