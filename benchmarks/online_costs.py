@@ -1,8 +1,9 @@
 """Cost and gradient quality of the online methods against BPTT, measured in one run.
 
 Per hidden size (32, 64, 128) and batch (1, 32), on the tanh RNN and the adding task:
-- time per time step of one training step (median over repeats, after a warm-up), for bptt, rtrl,
-  uoro and kf_rtrl on the same network and batch, and its ratio to bptt's; for rtrl also the time of
+- time per time step of one training step (median over interleaved rounds, after a warm-up), for
+  bptt, rtrl, uoro and kf_rtrl on the same network and batch, and its ratio to bptt's (median over
+  rounds of the ratio within a round, so the load of a shared machine hits both alike); for rtrl also the time of
   its one matrix product per step alone (the floor its structured path can reach on this machine);
 - state bytes (the method's carried state) and saved bytes (peak held by autograd during the step);
 - relative bias (debiased, with bootstrap standard error), relative variance and mean per-sample
@@ -41,18 +42,6 @@ METHOD_NAMES = ["bptt", "rtrl", "uoro", "kf_rtrl"]
 STOCHASTIC = ["uoro", "kf_rtrl"]
 
 
-def median_ms(fn, repeats: int, budget_s: float = 20.0) -> float:
-    """Median of up to `repeats` timed calls after a warm-up; stops early (after one at least) once
-    `budget_s` is spent, so rtrl at hidden 128, batch 32 does not dominate the run."""
-    fn()  # warm-up
-    times = []
-    while len(times) < repeats and (not times or sum(times) < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def network(method, task, hidden, batch):
     spec = RunSpec("rnn", task.input_size, hidden, task.output_size, task.num_steps, batch)
     method.check(spec)
@@ -60,28 +49,46 @@ def network(method, task, hidden, batch):
     return method.build_network(spec)
 
 
-def cost_rows(task, hidden, batch, repeats):
+def cost_rows(task, hidden, batch, rounds, budget_s=30.0):
+    """Time every method in interleaved rounds (bptt, rtrl, uoro, kf_rtrl, bptt, ...), so that the
+    load of a shared machine hits them alike; each method's time relative to bptt is the median
+    over rounds of its time over bptt's in the same round. A method whose calls have used up
+    `budget_s` is not timed again (rtrl at hidden 128, batch 32)."""
     data = next(task.stream(0, "train", batch))
-    L, rows = task.num_steps, {}
+    L, runs, rows = task.num_steps, {}, {}
     for name in METHOD_NAMES:
         method = METHODS.get(name)()
         net = network(method, task, hidden, batch)
         updater = Updater(net, torch.optim.SGD(net.parameters(), lr=1e-3), clip=None)
         rng = torch.Generator().manual_seed(stream_seed(0, "method"))
         meter = SavedBytesMeter(list(net.parameters()) + data.tensors())
-        with meter.measure():
+        with meter.measure():   # also the warm-up step
             method.train_step(net, data, updater, rng)
-        ms = median_ms(lambda: method.train_step(net, data, updater, rng), repeats) / L
-        rows[name] = {"method": name, "hidden": hidden, "batch": batch, "ms_per_step": ms,
-                      "state_bytes": method.state_bytes(), "saved_bytes": meter.peak}
-        if name == "rtrl":   # its one H x H by H x (H V) product per lane, alone
-            V = task.input_size + hidden + 2
-            W, M = torch.randn(batch, hidden, hidden), torch.randn(batch, hidden, hidden * V)
-            out = torch.empty_like(M)
-            rows[name]["gemm_floor_ms_per_step"] = median_ms(lambda: torch.bmm(W, M, out=out), repeats)
-    for r in rows.values():
-        r["time_vs_bptt"] = r["ms_per_step"] / rows["bptt"]["ms_per_step"]
-    return list(rows.values())
+        runs[name] = lambda m=method, n=net, u=updater, r=rng: m.train_step(n, data, u, r)
+        rows[name] = {"method": name, "hidden": hidden, "batch": batch, "state_bytes": method.state_bytes(),
+                      "saved_bytes": meter.peak}
+    times = {name: [] for name in METHOD_NAMES}
+    for _ in range(rounds):
+        for name in METHOD_NAMES:
+            if times[name] and sum(times[name]) > budget_s:
+                continue
+            t0 = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - t0)
+    V = task.input_size + hidden + 2   # rtrl's one H x H by H x (H V) product per lane, alone
+    W, M = torch.randn(batch, hidden, hidden), torch.randn(batch, hidden, hidden * V)
+    out = torch.empty_like(M)
+    gemm = []
+    for _ in range(min(rounds, len(times["rtrl"]))):
+        t0 = time.perf_counter()
+        torch.bmm(W, M, out=out)
+        gemm.append(time.perf_counter() - t0)
+    rows["rtrl"]["gemm_floor_ms_per_step"] = 1e3 * statistics.median(gemm)
+    for name, r in rows.items():
+        r["ms_per_step"] = 1e3 * statistics.median(times[name]) / L
+        r["time_vs_bptt"] = statistics.median(t / b for t, b in zip(times[name], times["bptt"]))
+        r["rounds"] = len(times[name])
+    return [rows[name] for name in METHOD_NAMES]
 
 
 def fidelity_rows(task, hidden, batch, K):
@@ -125,12 +132,12 @@ def main(argv=None):
     torch.set_num_threads(1)
     hiddens, batches = ([32], [1, 4]) if args.quick else ([32, 64, 128], [1, 32])
     K = args.samples or (50 if args.quick else 1000)
-    repeats = 2 if args.quick else 3
+    rounds = 3 if args.quick else 7
     task = TASKS.get("adding")(args.seq_len)
     load_before = os.getloadavg()
     start = time.perf_counter()
 
-    costs = [r for h in hiddens for b in batches for r in cost_rows(task, h, b, repeats)]
+    costs = [r for h in hiddens for b in batches for r in cost_rows(task, h, b, rounds)]
     fid = [r for h in hiddens for b in map(int, args.fidelity_batches.split(","))
            for r in fidelity_rows(task, h, b, K)]
 
