@@ -111,3 +111,13 @@ def test_tiny_spread_about_the_reference_is_not_lost_to_cancellation():
     figs = stochastic_figures(draws, ref, n_boot=100)
     assert figs["rel_variance"] == pytest.approx(P * sigma**2, rel=0.3)
     assert figs["rel_bias_raw"] == pytest.approx(math.sqrt(P * sigma**2 / K), rel=0.5)
+
+
+def test_no_bias_is_rarely_detected():
+    # an unbiased estimator with a few noise directions: detection must be a two-sigma test (about 2%
+    # false alarms), which a test on b > 2 SE(b) is not (sqrt's slope at 0 makes it about one sigma)
+    alarms = 0
+    for seed in range(150):
+        draws, ref = gaussian_draws(60, 3, 0.0, 0.3, seed=100 + seed)
+        alarms += stochastic_figures(draws, ref, n_boot=100, seed=seed)["bias_detected"]
+    assert alarms / 150 < 0.07, alarms

@@ -224,3 +224,17 @@ def test_command_line_refuses_before_training_and_reports_stochastic_columns(tmp
         assert table.loc[name, ["grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance"]].notna().all()
     for name in ("rtrl", "bptt"):
         assert table.loc[name, ["grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance"]].isna().all()
+
+
+@pytest.mark.parametrize("name,signs_per_lane,L", [("uoro", 1, 3), ("kf_rtrl", 2, 2)])
+def test_exactly_unbiased_with_independent_signs_per_lane(name, signs_per_lane, L):
+    # the shared-pattern enumeration above would not see one lane using another lane's signs
+    method, net, batch = METHODS.get(name)(), network("rnn", 1), regression_batch(L, 2)
+    ref = flat(reference_gradient(net, batch))
+    total, count = None, 0
+    for seq in itertools.product(itertools.product((-1.0, 1.0), repeat=2 * signs_per_lane), repeat=L):
+        steps = iter(seq)
+        method.signs = lambda rng, shape, like: torch.tensor(next(steps), dtype=like.dtype).view(shape)
+        g = flat(method.gradient(net, batch, None)[1])
+        total, count = (g if total is None else total + g), count + 1
+    assert float((total / count - ref).norm() / ref.norm()) < 1e-12
