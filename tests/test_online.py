@@ -121,8 +121,8 @@ def test_statistically_unbiased_at_a_larger_size(name):
                          for k in range(150)])
     figs = stochastic_figures(draws, ref, n_boot=200, seed=0)
     assert figs["rel_variance"] > 0
-    assert figs["rel_bias"] <= 3 * figs["rel_bias_se"] + 1e-12, figs
-    # the same test sees a bias of the size of one standard error of the mean estimate
+    assert not figs["bias_detected"] and figs["rel_bias2"] <= 3 * figs["rel_bias2_se"], figs
+    # the same test sees a bias of 0.2 |g*|
     biased = stochastic_figures(draws + 0.2 * ref, ref, n_boot=200, seed=0)
     assert biased["bias_detected"], biased
 
