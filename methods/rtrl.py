@@ -9,8 +9,9 @@ parameters) is carried forward and reset to zero at the start of the sequence:
 F_t is D_i (x) [x_t; 1] for (W_ih, b_ih) and D_h (x) [h_{t-1}; 1] for (W_hh, b_hh) (methods/_jacobians.py).
 Tanh RNN (structured path): with D_t = diag(1 - h_t^2), D_i = D_h = D_t and J_t = D_t W_hh, so
 M_t = (D_t W_hh) M_{t-1} + D_t (x) v_t: per lane one H x H by H x (H V) product into a preallocated
-workspace (the D_t scaling folded into the small factor, so M is read and written once per step),
-then the immediate term added on the block diagonal. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode AD, then a batched
+workspace (the D_t scaling folded into the small factor, so M is read and written once per step;
+the columns blocked so that each product fits the cache), then the immediate term added where the
+state unit is the parameter's row. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode AD, then a batched
 product. Cost per step O(S^2 P) = O(H^4), memory B S P: the carried state is M (state_bytes); the
 product needs a workspace of the same size, counted in the refusal estimate.
 """
@@ -56,8 +57,13 @@ class RTRL(OnlineMethod):
         V = I + H + 2
         self.fast = self.structured and isinstance(cell, RNNCell)
         w = cell.weight_hh
-        if self.fast:   # [lane, s, row k, column j]
-            self.M, self.work = w.new_zeros(B, H, H, V), w.new_empty(B, H, H, V)
+        if self.fast:
+            # [lane, q, s, k', j] with parameter row k = q kc + k': the product runs as H / kc products of
+            # H x H by H x (kc V), each small enough for the cache (about 1.5x faster than one long one)
+            kc = next(c for c in (8, 4, 2, 1) if H % c == 0 and (c * V <= 2048 or c == 1))
+            self.M, self.work = w.new_zeros(B, H // kc, H, kc, V), w.new_empty(B, H // kc, H, kc, V)
+            k = torch.arange(H, device=w.device)
+            self.diag = (k // kc, k, k % kc)   # where s == k: the immediate term D_t (x) v_t goes there
         else:
             S = H * len(cell.state_names)
             self.M = w.new_zeros(B, S, G, V)
@@ -67,8 +73,11 @@ class RTRL(OnlineMethod):
         if self.fast:
             B, D = x.shape[0], 1 - new[0] ** 2
             DW = D[:, :, None] * cell.weight_hh                                   # [B, H, H]
-            torch.bmm(DW, self.M.view(B, H, -1), out=self.work.view(B, H, -1))
-            self.work.diagonal(dim1=1, dim2=2).addcmul_(self.input_vector(x, h_prev)[:, :, None], D[:, None, :])
+            n = self.M.shape[1]
+            for b in range(B):
+                torch.bmm(DW[b].expand(n, H, H), self.M[b].view(n, H, -1), out=self.work[b].view(n, H, -1))
+            q, s, k = self.diag
+            self.work[:, q, s, k] += D[:, :, None] * self.input_vector(x, h_prev)[:, None, :]
             self.M, self.work = self.work, self.M
             return
         gi, gh = preactivations(cell, x, h_prev)
@@ -83,8 +92,7 @@ class RTRL(OnlineMethod):
 
     def credit(self, delta):
         if self.fast:
-            B, H, _, V = self.M.shape
-            self.grad += (delta.reshape(1, B * H) @ self.M.view(B * H, H * V)).view(H, V)
+            self.grad += torch.einsum("bs,bqskv->qkv", delta, self.M).reshape(self.grad.shape)
         else:
             self.grad += torch.einsum("bs,bsgv->gv", delta, self.M)
 
