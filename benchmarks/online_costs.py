@@ -55,7 +55,7 @@ def cost_rows(task, hidden, batch, rounds, budget_s=30.0):
     over rounds of its time over bptt's in the same round. A method whose calls have used up
     `budget_s` is not timed again (rtrl at hidden 128, batch 32)."""
     data = next(task.stream(0, "train", batch))
-    L, runs, rows = task.num_steps, {}, {}
+    L, runs, rows, methods = task.num_steps, {}, {}, {}
     for name in METHOD_NAMES:
         method = METHODS.get(name)()
         net = network(method, task, hidden, batch)
@@ -64,6 +64,7 @@ def cost_rows(task, hidden, batch, rounds, budget_s=30.0):
         meter = SavedBytesMeter(list(net.parameters()) + data.tensors())
         with meter.measure():   # also the warm-up step
             method.train_step(net, data, updater, rng)
+        methods[name] = method
         runs[name] = lambda m=method, n=net, u=updater, r=rng: m.train_step(n, data, u, r)
         rows[name] = {"method": name, "hidden": hidden, "batch": batch, "state_bytes": method.state_bytes(),
                       "saved_bytes": meter.peak}
@@ -76,7 +77,7 @@ def cost_rows(task, hidden, batch, rounds, budget_s=30.0):
             runs[name]()
             times[name].append(time.perf_counter() - t0)
     # rtrl's matrix product per step alone, in the blocked shape its structured path uses (M [B, n, H, kc, V])
-    B_, n, H_, kc, V = runs["rtrl"].__defaults__[0].M.shape
+    B_, n, H_, kc, V = methods["rtrl"].M.shape
     W, M = torch.randn(H_, H_), torch.randn(B_, n, H_, kc * V)
     out = torch.empty_like(M)
     gemm = []
