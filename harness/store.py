@@ -29,6 +29,9 @@ def source_hash(*classes) -> str:
                 continue
             seen.add(name)
             h.update(inspect.getsource(module).encode())
+            # helper modules beside it (methods/_online.py, ...) are part of what it computes
+            for helper in sorted(Path(inspect.getfile(module)).parent.glob("_*.py")):
+                h.update(helper.read_bytes())
     return h.hexdigest()[:16]
 
 
