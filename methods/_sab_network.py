@@ -1,0 +1,241 @@
+"""The network of Sparse Attentive Backtracking (Ke et al. 2018): a recurrent cell whose hidden
+state attends, at every step, to a sparse set of its own past hidden states.
+
+Per step t (1-indexed), with memory M = (m_1, ..., m_|M|):
+    h^_t, c_t = cell(x_t, (h_{t-1}, c_{t-1}))           provisional state
+    a_j = score(h^_t, m_j)                               one score per memory
+    w   = sparsify(a)                                    k_top nonzero weights
+    r_t = sum_j w_j m_j                                  read-out of the memory
+    h_t = h^_t + r_t                                     the state carried on (c_t unchanged)
+    y_t = readout(h_t)            ([h_t; r_t] in the released variant)
+    if t % k_att == 0: append h_t to M                   (not detached)
+
+How the memory keeps every skip gradient and stays cheap: each stored h_t is kept by reference in
+an autograd chain (`_Link`), and its value is also copied into a no-grad buffer beside a no-grad
+cache of its key (its part of the score). Each step chooses the top memories from the cached keys
+without gradient, reads only those rows (`_Read`) and recomputes only their scores with gradient.
+`_Read`'s backward adds its gradient into a per-sequence accumulator; `_Link` hands memory j its
+accumulated gradient, and autograd's dependency order runs `_Link` j only after every read that
+could have chosen memory j. So nothing is concatenated per step, nothing loops over memories in
+Python, and the buffers autograd never saves are the only ones written in place.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.models import Cell, Network, detach
+
+EPS_PAPER = 1e-12     # floor of the normaliser: the weights sum to exactly 1 unless all k_top tie with the threshold
+EPS_RELEASED = 1e-7   # the release adds this to the threshold and to the normaliser
+
+
+class _GradStore:
+    """Gradient accumulated for each memory row during one backward pass. Held by the autograd
+    nodes; it references no tensor of the graph, so no reference cycle keeps the graph alive."""
+
+    def __init__(self):
+        self.rows, self.grad = 0, None
+
+    def accumulate(self, idx: torch.Tensor, g: torch.Tensor) -> None:
+        if self.grad is None or self.grad.shape[0] < self.rows:
+            old, self.grad = self.grad, g.new_zeros(self.rows, *g.shape[1:])
+            if old is not None:
+                self.grad[:old.shape[0]] = old
+        lanes = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
+        self.grad.index_put_((idx, lanes), g, accumulate=True)
+
+    def take(self, j: int) -> torch.Tensor | None:
+        if self.grad is None or j >= self.grad.shape[0]:
+            return None
+        g = self.grad[j].clone()
+        self.grad[j].zero_()   # ready for another backward pass through the same graph
+        return g
+
+
+class _Link(torch.autograd.Function):
+    """handle_j = Link(handle_{j-1}, m_j): a scalar token that depends on every stored memory."""
+
+    @staticmethod
+    def forward(ctx, handle, m, store, j):
+        ctx.store, ctx.j = store, j
+        return handle.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, g_handle):
+        return g_handle, ctx.store.take(ctx.j), None, None
+
+
+class _Read(torch.autograd.Function):
+    """values[idx[s, b], b] for chosen rows; gradients go to the accumulator, and reach the
+    stored tensors through the `_Link` chain that `handle` closes."""
+
+    @staticmethod
+    def forward(ctx, handle, values, idx, store):
+        ctx.store = store
+        ctx.save_for_backward(idx)
+        return values[idx, torch.arange(idx.shape[1], device=idx.device)]
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        ctx.store.accumulate(idx, g)
+        return g.new_zeros(()), None, None, None
+
+
+class Memory:
+    """The stored hidden states of one batch of sequences, and the step count. Part of the carry
+    and appended to in place: a carry is used once, in order (as `run` does)."""
+
+    def __init__(self, like: torch.Tensor):
+        self.size, self.t = 0, 0
+        self.values = self.keys = None
+        self.store = _GradStore()
+        self.handle = like.new_zeros(())
+
+    def write(self, m: torch.Tensor, key: torch.Tensor) -> None:
+        with torch.no_grad():
+            if self.values is None or self.size == self.values.shape[0]:
+                cap = max(8, 2 * self.size)
+                values, keys = m.new_empty(cap, *m.shape), key.new_empty(cap, *key.shape)
+                if self.size:
+                    values[:self.size], keys[:self.size] = self.values[:self.size], self.keys[:self.size]
+                self.values, self.keys = values, keys
+            self.values[self.size] = m
+            self.keys[self.size] = key
+        self.store.rows = self.values.shape[0]
+        self.handle = _Link.apply(self.handle, m, self.store, self.size)
+        self.size += 1
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows idx [n, B] of the memory, [n, B, H], with gradient to the stored tensors."""
+        return _Read.apply(self.handle, self.values, idx, self.store)
+
+    def nbytes(self) -> int:
+        return 0 if self.values is None else sum(t.numel() * t.element_size() for t in (self.values, self.keys))
+
+
+class AdditiveScorer(nn.Module):
+    """a_j = v . tanh(W_m m_j + W_q h^ + b): an MLP over the pair, so the weights depend on the query."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.key_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.query_proj = nn.Linear(hidden_size, hidden_size)
+        self.v = nn.Parameter(torch.empty(hidden_size).uniform_(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
+
+    def key(self, m):
+        return self.key_proj(m)
+
+    def query(self, h):
+        return self.query_proj(h)
+
+    def from_keys(self, q, keys):
+        return torch.tanh(keys + q) @ self.v
+
+
+class SeparableScorer(nn.Module):
+    """The release's a_j = w . tanh([h^; m_j]) = w_h . tanh(h^) + w_m . tanh(m_j); no bias, w ~ N(0, 0.01^2)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2 * hidden_size) * 0.01)
+        self.hidden_size = hidden_size
+
+    def key(self, m):
+        return torch.tanh(m) @ self.w[self.hidden_size:]
+
+    def query(self, h):
+        return torch.tanh(h) @ self.w[:self.hidden_size]
+
+    def from_keys(self, q, keys):
+        return keys + q
+
+
+class SABNetwork(Network):
+    """Cell + sparse attention over past hidden states + linear readout; carry = (cell state, Memory)."""
+
+    def __init__(self, cell: Cell, output_size: int, k_top: int, k_att: int, variant: str = "paper"):
+        super().__init__()
+        self.cell, self.k_top, self.k_att, self.variant = cell, k_top, k_att, variant
+        self.released = variant == "released"
+        H = cell.hidden_size
+        self.scorer = (SeparableScorer if self.released else AdditiveScorer)(H)
+        self.readout = nn.Linear(2 * H if self.released else H, output_size)
+
+    def init_carry(self, batch_size):
+        state = self.cell.init_state(batch_size)
+        memory = Memory(state[0])
+        if self.released:   # the release's first memory is the zero initial state
+            memory.write(state[0], self.scorer.key(state[0]).detach())
+        return state, memory
+
+    def truncate(self, carry):
+        state, memory = carry
+        return detach(state), memory   # cut the local path; the memories keep their graphs
+
+    def hidden(self, carry):
+        return self.cell.hidden(carry[0])
+
+    def step(self, x_t, carry):
+        state, memory = carry
+        state = self.cell(x_t, state)
+        h_hat = self.cell.hidden(state)
+        r = self.read(h_hat, memory)
+        h = h_hat + r
+        state = (h,) + tuple(state[1:])
+        memory.t += 1
+        if memory.t % self.k_att == 0:
+            with torch.no_grad():
+                key = self.scorer.key(h)
+            memory.write(h, key)
+        out = self.readout(torch.cat([h, r], -1) if self.released else h)
+        return out, (state, memory)
+
+    # --- attention ------------------------------------------------------------------------------
+    def attend(self, h_hat, memory):
+        """(rows idx [n, B], their weights w [n, B], their values [n, B, H]), or None if empty.
+
+        Long memory (more than k_top entries): the top k_top + 1 (paper) or k_top (release) rows by
+        score are chosen without gradient from the cached keys, and only their scores are recomputed
+        with gradient. Short memory: every row, softmax weights (paper) or raw scores (release).
+        """
+        M = memory.size
+        if M == 0:
+            return None
+        q = self.scorer.query(h_hat)
+        B = h_hat.shape[0]
+        if M <= self.k_top:
+            idx = torch.arange(M, device=h_hat.device)[:, None].expand(M, B)
+            m = memory.read(idx)
+            a = self.scorer.from_keys(q, self.scorer.key(m))
+            return idx, (a if self.released else torch.softmax(a, 0)), m
+        n = self.k_top if self.released else self.k_top + 1
+        with torch.no_grad():
+            idx = self.scorer.from_keys(q, memory.keys[:M]).topk(n, dim=0).indices   # sorted, descending
+        m = memory.read(idx)
+        a = self.scorer.from_keys(q, self.scorer.key(m))
+        if self.released:   # threshold at the k-th score plus eps: k_top - 1 rows keep weight
+            w = F.relu(a - (a[-1] + EPS_RELEASED))
+            return idx, w / (w.sum(0) + EPS_RELEASED), m
+        w = F.relu(a[:-1] - a[-1])   # threshold at the (k_top+1)-th score, which gets gradient too
+        return idx[:-1], w / w.sum(0).clamp_min(EPS_PAPER), m[:-1]
+
+    def read(self, h_hat, memory):
+        chosen = self.attend(h_hat, memory)
+        if chosen is None:
+            return torch.zeros_like(h_hat)
+        _, w, m = chosen
+        return (w.unsqueeze(-1) * m).sum(0)
+
+    def weights(self, h_hat, memory) -> torch.Tensor:
+        """The dense attention weights [|M|, B] (zeros for rows not chosen), for tests and plots."""
+        dense = h_hat.new_zeros(memory.size, h_hat.shape[0])
+        chosen = self.attend(h_hat, memory)
+        if chosen is not None:
+            idx, w, _ = chosen
+            dense = dense.scatter(0, idx, w)
+        return dense
