@@ -41,19 +41,22 @@ class _GradStore:
         self.rows, self.grad = 0, None
 
     def accumulate(self, idx: torch.Tensor, g: torch.Tensor) -> None:
-        if self.grad is None or self.grad.shape[0] < self.rows:
-            old, self.grad = self.grad, g.new_zeros(self.rows, *g.shape[1:])
+        if self.grad is None or self.grad.shape[1] < self.rows:
+            old, self.grad = self.grad, g.new_zeros(g.shape[0], self.rows, g.shape[2])
             if old is not None:
-                self.grad[:old.shape[0]] = old
-        lanes = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
-        self.grad.index_put_((idx, lanes), g, accumulate=True)
+                self.grad[:, :old.shape[1]] = old
+        self.grad.index_put_((_lanes(idx), idx), g, accumulate=True)
 
     def take(self, j: int) -> torch.Tensor | None:
-        if self.grad is None or j >= self.grad.shape[0]:
+        if self.grad is None or j >= self.grad.shape[1]:
             return None
-        g = self.grad[j].clone()
-        self.grad[j].zero_()   # ready for another backward pass through the same graph
+        g = self.grad[:, j].clone()
+        self.grad[:, j].zero_()   # ready for another backward pass through the same graph
         return g
+
+
+def _lanes(idx):
+    return torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)
 
 
 class _Link(torch.autograd.Function):
@@ -70,14 +73,14 @@ class _Link(torch.autograd.Function):
 
 
 class _Read(torch.autograd.Function):
-    """values[idx[s, b], b] for chosen rows; gradients go to the accumulator, and reach the
+    """values[b, idx[b, s]] for chosen rows; gradients go to the accumulator, and reach the
     stored tensors through the `_Link` chain that `handle` closes."""
 
     @staticmethod
     def forward(ctx, handle, values, idx, store):
         ctx.store = store
         ctx.save_for_backward(idx)
-        return values[idx, torch.arange(idx.shape[1], device=idx.device)]
+        return values[_lanes(idx), idx]
 
     @staticmethod
     def backward(ctx, g):
@@ -87,8 +90,9 @@ class _Read(torch.autograd.Function):
 
 
 class Memory:
-    """The stored hidden states of one batch of sequences, and the step count. Part of the carry
-    and appended to in place: a carry is used once, in order (as `run` does)."""
+    """The stored hidden states of one batch of sequences ([B, |M|, H] no-grad copies, with their
+    cached keys if the scorer has any), and the step count. Part of the carry and appended to in
+    place: a carry is used once, in order (as `run` does)."""
 
     def __init__(self, like: torch.Tensor):
         self.size, self.t = 0, 0
@@ -96,30 +100,65 @@ class Memory:
         self.store = _GradStore()
         self.handle = like.new_zeros(())
 
-    def write(self, m: torch.Tensor, key: torch.Tensor) -> None:
+    @staticmethod
+    def _grow(buf, new, size):
+        if buf is None or size == buf.shape[1]:
+            grown = new.new_empty(new.shape[0], max(8, 2 * size), *new.shape[1:])
+            if size:
+                grown[:, :size] = buf[:, :size]
+            buf = grown
+        buf[:, size] = new
+        return buf
+
+    def write(self, m: torch.Tensor, key: torch.Tensor | None) -> None:
         with torch.no_grad():
-            if self.values is None or self.size == self.values.shape[0]:
-                cap = max(8, 2 * self.size)
-                values, keys = m.new_empty(cap, *m.shape), key.new_empty(cap, *key.shape)
-                if self.size:
-                    values[:self.size], keys[:self.size] = self.values[:self.size], self.keys[:self.size]
-                self.values, self.keys = values, keys
-            self.values[self.size] = m
-            self.keys[self.size] = key
-        self.store.rows = self.values.shape[0]
+            self.values = self._grow(self.values, m, self.size)
+            if key is not None:
+                self.keys = self._grow(self.keys, key, self.size)
+        self.store.rows = self.values.shape[1]
         self.handle = _Link.apply(self.handle, m, self.store, self.size)
         self.size += 1
 
     def read(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows idx [n, B] of the memory, [n, B, H], with gradient to the stored tensors."""
+        """Rows idx [B, n] of the memory, [B, n, H], with gradient to the stored tensors."""
         return _Read.apply(self.handle, self.values, idx, self.store)
 
+    def cached_keys(self) -> torch.Tensor:
+        """[B, |M|, ...] without gradient: the keys, or the values for a scorer without keys."""
+        return (self.values if self.keys is None else self.keys)[:, :self.size]
+
+    def rows(self) -> torch.Tensor:
+        """The stored values [|M|, B, H] (no gradient), for tests and plots."""
+        return self.values[:, :self.size].transpose(0, 1)
+
     def nbytes(self) -> int:
-        return 0 if self.values is None else sum(t.numel() * t.element_size() for t in (self.values, self.keys))
+        return sum(t.numel() * t.element_size() for t in (self.values, self.keys) if t is not None)
 
 
-class AdditiveScorer(nn.Module):
-    """a_j = v . tanh(W_m m_j + W_q h^ + b): an MLP over the pair, so the weights depend on the query."""
+class BilinearScorer(nn.Module):
+    """a_j = m_j . (W h^ + b): query-dependent; the memory itself is the key, so choosing among all
+    memories is one batched matrix-vector product, and nothing but the values is cached."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.query_proj = nn.Linear(hidden_size, hidden_size)
+
+    def key(self, m):
+        return None
+
+    def query(self, h):
+        return self.query_proj(h)
+
+    def from_keys(self, q, keys):      # keys = values [B, M, H] -> [B, M]
+        return torch.bmm(keys, q.unsqueeze(-1)).squeeze(-1)
+
+    def score_rows(self, q, m):
+        return self.from_keys(q, m)
+
+
+class MLPScorer(nn.Module):
+    """a_j = v . tanh(W_m m_j + W_q h^ + b): an MLP over the pair (hidden width = hidden size);
+    keys W_m m_j are cached, but choosing still costs a tanh over every memory each step."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -134,7 +173,10 @@ class AdditiveScorer(nn.Module):
         return self.query_proj(h)
 
     def from_keys(self, q, keys):
-        return torch.tanh(keys + q) @ self.v
+        return torch.tanh(keys + q.unsqueeze(1)) @ self.v
+
+    def score_rows(self, q, m):
+        return self.from_keys(q, self.key_proj(m))
 
 
 class SeparableScorer(nn.Module):
@@ -152,26 +194,38 @@ class SeparableScorer(nn.Module):
         return torch.tanh(h) @ self.w[:self.hidden_size]
 
     def from_keys(self, q, keys):
-        return keys + q
+        return keys + q.unsqueeze(1)
+
+    def score_rows(self, q, m):
+        return self.from_keys(q, self.key(m))
+
+
+SCORERS = {"bilinear": BilinearScorer, "mlp": MLPScorer, "separable": SeparableScorer}
 
 
 class SABNetwork(Network):
     """Cell + sparse attention over past hidden states + linear readout; carry = (cell state, Memory)."""
 
-    def __init__(self, cell: Cell, output_size: int, k_top: int, k_att: int, variant: str = "paper"):
+    def __init__(self, cell: Cell, output_size: int, k_top: int, k_att: int, variant: str = "paper",
+                 scorer: str = "bilinear"):
         super().__init__()
         self.cell, self.k_top, self.k_att, self.variant = cell, k_top, k_att, variant
         self.released = variant == "released"
         H = cell.hidden_size
-        self.scorer = (SeparableScorer if self.released else AdditiveScorer)(H)
+        self.scorer = SCORERS[scorer](H)
         self.readout = nn.Linear(2 * H if self.released else H, output_size)
 
     def init_carry(self, batch_size):
         state = self.cell.init_state(batch_size)
         memory = Memory(state[0])
         if self.released:   # the release's first memory is the zero initial state
-            memory.write(state[0], self.scorer.key(state[0]).detach())
+            self._write(memory, state[0])
         return state, memory
+
+    def _write(self, memory, h):
+        with torch.no_grad():
+            key = self.scorer.key(h)
+        memory.write(h, key)
 
     def truncate(self, carry):
         state, memory = carry
@@ -189,53 +243,50 @@ class SABNetwork(Network):
         state = (h,) + tuple(state[1:])
         memory.t += 1
         if memory.t % self.k_att == 0:
-            with torch.no_grad():
-                key = self.scorer.key(h)
-            memory.write(h, key)
+            self._write(memory, h)
         out = self.readout(torch.cat([h, r], -1) if self.released else h)
         return out, (state, memory)
 
     # --- attention ------------------------------------------------------------------------------
     def attend(self, h_hat, memory):
-        """(rows idx [n, B], their weights w [n, B], their values [n, B, H]), or None if empty.
+        """(rows idx [B, n], their weights w [B, n], their values [B, n, H]), or None if empty.
 
         Long memory (more than k_top entries): the top k_top + 1 (paper) or k_top (release) rows by
         score are chosen without gradient from the cached keys, and only their scores are recomputed
         with gradient. Short memory: every row, softmax weights (paper) or raw scores (release).
         """
-        M = memory.size
+        M, B = memory.size, h_hat.shape[0]
         if M == 0:
             return None
         q = self.scorer.query(h_hat)
-        B = h_hat.shape[0]
         if M <= self.k_top:
-            idx = torch.arange(M, device=h_hat.device)[:, None].expand(M, B)
+            idx = torch.arange(M, device=h_hat.device).expand(B, M)
             m = memory.read(idx)
-            a = self.scorer.from_keys(q, self.scorer.key(m))
-            return idx, (a if self.released else torch.softmax(a, 0)), m
+            a = self.scorer.score_rows(q, m)
+            return idx, (a if self.released else torch.softmax(a, 1)), m
         n = self.k_top if self.released else self.k_top + 1
         with torch.no_grad():
-            idx = self.scorer.from_keys(q, memory.keys[:M]).topk(n, dim=0).indices   # sorted, descending
+            idx = self.scorer.from_keys(q, memory.cached_keys()).topk(n, dim=1).indices   # sorted, descending
         m = memory.read(idx)
-        a = self.scorer.from_keys(q, self.scorer.key(m))
+        a = self.scorer.score_rows(q, m)
         if self.released:   # threshold at the k-th score plus eps: k_top - 1 rows keep weight
-            w = F.relu(a - (a[-1] + EPS_RELEASED))
-            return idx, w / (w.sum(0) + EPS_RELEASED), m
-        w = F.relu(a[:-1] - a[-1])   # threshold at the (k_top+1)-th score, which gets gradient too
-        return idx[:-1], w / w.sum(0).clamp_min(EPS_PAPER), m[:-1]
+            w = F.relu(a - (a[:, -1:] + EPS_RELEASED))
+            return idx, w / (w.sum(1, keepdim=True) + EPS_RELEASED), m
+        w = F.relu(a[:, :-1] - a[:, -1:])   # threshold at the (k_top+1)-th score, which gets gradient too
+        return idx[:, :-1], w / w.sum(1, keepdim=True).clamp_min(EPS_PAPER), m[:, :-1]
 
     def read(self, h_hat, memory):
         chosen = self.attend(h_hat, memory)
         if chosen is None:
             return torch.zeros_like(h_hat)
         _, w, m = chosen
-        return (w.unsqueeze(-1) * m).sum(0)
+        return torch.bmm(w.unsqueeze(1), m).squeeze(1)
 
     def weights(self, h_hat, memory) -> torch.Tensor:
         """The dense attention weights [|M|, B] (zeros for rows not chosen), for tests and plots."""
-        dense = h_hat.new_zeros(memory.size, h_hat.shape[0])
+        dense = h_hat.new_zeros(h_hat.shape[0], memory.size)
         chosen = self.attend(h_hat, memory)
         if chosen is not None:
             idx, w, _ = chosen
-            dense = dense.scatter(0, idx, w)
-        return dense
+            dense = dense.scatter(1, idx, w)
+        return dense.T

@@ -14,8 +14,12 @@ For each batch of whole sequences (one parameter update per sequence):
     into the chosen memories, from which it continues inside their own windows.
 
 Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
-- scorer: v . tanh(W_m m_j + W_q h^_t + b), an MLP over the pair, so the weights depend on the
-  current state; hidden width = hidden size.
+- scorer (`scorer=`): `bilinear` (default), a_j = m_j . (W h^_t + b), or `mlp`,
+  a_j = v . tanh(W_m m_j + W_q h^_t + b), an MLP over the pair; both depend on the current state.
+  The bilinear form is the default for cost: choosing among all memories is one batched
+  matrix-vector product against the stored values, where the MLP needs a tanh over every memory
+  and a key projection with gradient per step (about 2x the LSTM step's own work at H=128).
+  `separable` is the release's scorer, the default of variant=released.
 - memory: starts empty; h_t (after the read-out) is stored after steps k_att, 2 k_att, ...
 - short memory (k_top or fewer entries): every memory is read, with softmax weights over its
   scores (there is no (k_top+1)-th score to subtract); an empty memory reads zero.
@@ -48,9 +52,10 @@ from harness.config import Param, positive_int
 from harness.method import Method, grads_of
 from harness.models import make_cell, run
 
-from ._sab_network import SABNetwork
+from ._sab_network import SCORERS, SABNetwork
 
 VARIANTS = ("paper", "released")
+SCORERS_NAMES = tuple(SCORERS)
 
 
 def cuts(L: int, k_trunc: int, variant: str) -> set[int]:
@@ -82,8 +87,10 @@ class SAB(Method):
         "k_top": positive_int(5, "memories attended per step"),
         "k_att": positive_int(2, "steps between memory writes"),
         "variant": Param("paper", str, "paper, or released (the authors' code)", choices=VARIANTS),
+        "scorer": Param(None, str, "bilinear, mlp or separable; default bilinear (paper), separable (released)",
+                        choices=SCORERS_NAMES),
     }
-    test_params = [{}, {"k_trunc": 2, "k_top": 1, "k_att": 1},
+    test_params = [{}, {"k_trunc": 2, "k_top": 1, "k_att": 1}, {"k_trunc": 3, "k_top": 2, "k_att": 1, "scorer": "mlp"},
                    {"variant": "released", "k_trunc": 2, "k_top": 2, "k_att": 1}]
 
     def validate(self):
@@ -91,7 +98,8 @@ class SAB(Method):
 
     def build_network(self, spec):
         cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
-        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant)
+        scorer = self.scorer or ("separable" if self.variant == "released" else "bilinear")
+        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer)
 
     def forward(self, net, batch):
         return sab_forward(net, batch.x, self.k_trunc, self.variant)

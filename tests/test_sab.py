@@ -50,12 +50,14 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
         if mems:
             Mt = torch.stack([m.detach() if block_memory_grad else m for m in mems])   # [M, B, H]
             H = h_hat.shape[1]
-            if variant == "released":
+            sc = net.scorer
+            if hasattr(sc, "w"):   # separable, the release's
                 pair = torch.cat([h_hat.expand(len(mems), B, H), Mt], -1)
-                a = torch.tanh(pair) @ net.scorer.w
-            else:
-                sc = net.scorer
+                a = torch.tanh(pair) @ sc.w
+            elif hasattr(sc, "v"):   # mlp
                 a = torch.tanh(Mt @ sc.key_proj.weight.T + h_hat @ sc.query_proj.weight.T + sc.query_proj.bias) @ sc.v
+            else:   # bilinear
+                a = (Mt * (h_hat @ sc.query_proj.weight.T + sc.query_proj.bias)).sum(-1)
             if len(mems) <= k_top:
                 w = a if variant == "released" else torch.softmax(a, 0)
             else:
@@ -101,12 +103,12 @@ def test_untruncated_sab_is_bptt_through_its_network(cell, variant, extra):
                  for n, _ in net.scorer.named_parameters(prefix="scorer")]).norm() > 0
 
 
-@pytest.mark.parametrize("variant", ["paper", "released"])
-def test_gradcheck_tiny_sab_network(variant):
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "mlp"), ("released", None)])
+def test_gradcheck_tiny_sab_network(variant, scorer):
     # seed 3: every step's top scores are at least 0.01 apart (at other seeds this tiny GRU ties
     # memories to within the release's 1e-7, its sparsifier's kink, where finite differences fail)
     method, net, batch = make("gru", seq_len=1, batch=2, hidden=2, seed=3, k_trunc=100, k_top=2, k_att=2,
-                              variant=variant)
+                              variant=variant, scorer=scorer)
     names = [n for n, _ in net.named_parameters()]
     if variant == "released":   # its N(0, 0.01^2) scorer puts scores 1e-4 apart, too close for finite differences
         with torch.no_grad():
@@ -122,10 +124,12 @@ def test_gradcheck_tiny_sab_network(variant):
 
 # --- (b) truncated: against the independent implementation, path by path -----------------------
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-@pytest.mark.parametrize("variant", ["paper", "released"])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "mlp"), ("released", None),
+                                            ("released", "bilinear")])
 @pytest.mark.parametrize("k_trunc,k_top,k_att", [(1, 1, 1), (2, 2, 1), (3, 2, 2), (5, 3, 3), (4, 8, 1)])
-def test_truncated_gradient_equals_plain_autograd(cell, variant, k_trunc, k_top, k_att):
-    method, net, batch = make(cell, seq_len=3, k_trunc=k_trunc, k_top=k_top, k_att=k_att, variant=variant)
+def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc, k_top, k_att):
+    method, net, batch = make(cell, seq_len=3, k_trunc=k_trunc, k_top=k_top, k_att=k_att, variant=variant,
+                              scorer=scorer)
     loss, g = method.gradient(net, batch, None)
     kw = dict(k_trunc=k_trunc, variant=variant, k_top=k_top, k_att=k_att)
     with torch.no_grad():
@@ -165,8 +169,8 @@ def test_credit_beyond_the_window_arrives_only_through_attended_memories(variant
 
 
 # --- (c) the released variant's behaviours, and the default's deviations ------------------------
-def filled(variant, k_top=3, M_steps=12, cell="lstm"):
-    method, net, batch = make(cell, seq_len=4, k_top=k_top, k_att=1, k_trunc=100, variant=variant)
+def filled(variant, k_top=3, M_steps=12, cell="lstm", scorer=None):
+    method, net, batch = make(cell, seq_len=4, k_top=k_top, k_att=1, k_trunc=100, variant=variant, scorer=scorer)
     carry = net.init_carry(batch.batch_size)
     for t in range(M_steps):
         _, carry = net.step(batch.x[t], carry)
@@ -188,9 +192,10 @@ def test_sparsifier_keeps_k_top_weights_paper_and_k_top_minus_one_released(varia
         assert ((w.sum(0) < 1) & (w.sum(0) > 0.99)).all() and (excess > 0).all()
 
 
-def test_paper_weights_depend_on_the_query_released_do_not():
+@pytest.mark.parametrize("scorer", [None, "mlp"])
+def test_paper_weights_depend_on_the_query_released_do_not(scorer):
     for variant in ("paper", "released"):
-        net, memory, batch = filled(variant)
+        net, memory, batch = filled(variant, scorer=scorer if variant == "paper" else None)
         g = torch.Generator().manual_seed(3)
         h1, h2 = (torch.randn(batch.batch_size, 4, generator=g, dtype=torch.float64) for _ in range(2))
         w1, w2 = net.weights(h1, memory), net.weights(h2, memory)
@@ -207,7 +212,7 @@ def test_short_memory_softmax_paper_raw_scores_released():
         assert memory.size <= 5
         h = torch.randn(batch.batch_size, 4, dtype=torch.float64)
         w = net.weights(h, memory)
-        Mt = memory.values[:memory.size]
+        Mt = memory.rows()
         if variant == "paper":
             assert memory.size == 3 and (w > 0).all()
             assert torch.allclose(w.sum(0), torch.ones(batch.batch_size, dtype=w.dtype))
@@ -228,11 +233,11 @@ def test_memory_holds_attended_states_every_k_att_steps(variant):
     memory = carry[1]
     stored = [hs[t] for t in range(2, 24, 3)]   # after steps 3, 6, ..., 24 (1-indexed)
     if variant == "released":
-        assert torch.equal(memory.values[0], torch.zeros_like(hs[0]))
+        assert torch.equal(memory.rows()[0], torch.zeros_like(hs[0]))
         stored = [torch.zeros_like(hs[0])] + stored
     assert memory.size == len(stored)
     for j, h in enumerate(stored):
-        assert torch.equal(memory.values[j], h)
+        assert torch.equal(memory.rows()[j], h)
     assert hs[-1].requires_grad   # stored with their graphs, not detached
 
 
@@ -258,9 +263,9 @@ def test_window_boundaries():
 
 
 def test_readout_sees_h_paper_and_h_r_released():
-    for variant, width in (("paper", 4), ("released", 8)):
+    for variant, width, scorer in (("paper", 4, "BilinearScorer"), ("released", 8, "SeparableScorer")):
         _, net, _ = make(hidden=4, variant=variant)
-        assert net.readout.in_features == width
+        assert net.readout.in_features == width and type(net.scorer).__name__ == scorer
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
@@ -283,6 +288,7 @@ def test_one_update_per_sequence(variant):
     ({"k_top": 2.5}, ["k_top=2.5"]),
     ({"variant": "releasd"}, ["releasd", "did you mean 'released'"]),
     ({"ktop": 3}, ["ktop", "did you mean 'k_top'"]),
+    ({"scorer": "bilinier"}, ["bilinier", "did you mean 'bilinear'"]),
 ])
 def test_bad_hyperparameters(params, words):
     with pytest.raises(ConfigError) as err:
