@@ -2,7 +2,8 @@
 
 Three rows per horizon: `bptt` on the plain LSTM, `sab_bptt` (full BPTT through the SAB network),
 and `sab`; ratios are to `bptt` and to `sab_bptt`. One training step = one batch of whole copy
-sequences (L = T + 20) with its parameter update; median over --reps steps after one warm-up step.
+sequences (L = T + 20) with its parameter update; median over --reps steps after one warm-up step,
+the methods' steps interleaved so that the machine's changing load falls on all of them alike.
 
     python benchmarks/sab_vs_bptt.py                       # T = 100, 200, 500, 1000
     python benchmarks/sab_vs_bptt.py --seq-len 1000 --reps 5
@@ -23,9 +24,10 @@ from harness.method import RunSpec, Updater  # noqa: E402
 from harness.registry import METHODS, TASKS  # noqa: E402
 
 
-def measure(method_spec: str, params: dict, T: int, args) -> dict:
+def prepare(method_name: str, params: dict, T: int, args):
+    """Build the method's network and optimizer; one warm-up step, measured for saved bytes."""
     task = TASKS.get("copy")(T)
-    method = METHODS.get(method_spec)(**params)
+    method = METHODS.get(method_name)(**params)
     spec = RunSpec(args.cell, task.input_size, args.hidden, task.output_size, task.num_steps, args.batch)
     torch.manual_seed(0)
     net = method.build_network(spec)
@@ -33,15 +35,22 @@ def measure(method_spec: str, params: dict, T: int, args) -> dict:
     stream = task.stream(0, "train", args.batch)
     batch = next(stream)
     meter = SavedBytesMeter(list(net.parameters()) + batch.tensors())
-    with meter.measure():   # warm-up step, measured for memory only
+    with meter.measure():
         method.train_step(net, batch, updater, None)
-    times = []
-    for _ in range(args.reps):
-        batch = next(stream)
-        t0 = time.perf_counter()
-        method.train_step(net, batch, updater, None)
-        times.append(time.perf_counter() - t0)
-    return {"ms": 1e3 * statistics.median(times), "saved": meter.peak, "state": method.state_bytes()}
+    return {"step": lambda: method.train_step(net, next(stream), updater, None), "times": [],
+            "saved": meter.peak, "state": method.state_bytes()}
+
+
+def measure_interleaved(runs: dict, reps: int) -> None:
+    """Time one step of each method in turn, reps times: the machine's load drifts, and
+    interleaving puts every method's steps under the same drift."""
+    for _ in range(reps):
+        for r in runs.values():
+            t0 = time.perf_counter()
+            r["step"]()
+            r["times"].append(time.perf_counter() - t0)
+    for r in runs.values():
+        r["ms"] = 1e3 * statistics.median(r["times"])
 
 
 def main():
@@ -61,9 +70,10 @@ def main():
     att = {"k_top": args.k_top, "k_att": args.k_att, "variant": args.variant}
     rows = []
     for T in args.seq_len:
-        bptt = measure("bptt", {}, T, args)
-        sab_bptt = measure("sab_bptt", att, T, args)
-        sab = measure("sab", {"k_trunc": args.k_trunc, **att}, T, args)
+        runs = {"bptt": prepare("bptt", {}, T, args), "sab_bptt": prepare("sab_bptt", att, T, args),
+                "sab": prepare("sab", {"k_trunc": args.k_trunc, **att}, T, args)}
+        measure_interleaved(runs, args.reps)
+        bptt, sab_bptt, sab = runs["bptt"], runs["sab_bptt"], runs["sab"]
         for name, r in (("bptt", bptt), ("sab_bptt", sab_bptt), ("sab", sab)):
             rows.append({"T": T, "L": T + 20, "method": name, "ms/step": f"{r['ms']:.0f}",
                          "x bptt": f"{r['ms'] / bptt['ms']:.2f}", "x sab_bptt": f"{r['ms'] / sab_bptt['ms']:.2f}",
@@ -72,7 +82,7 @@ def main():
         print(tabulate(rows[-3:], headers="keys", tablefmt="github"), flush=True)
     print(f"\n{args.cell}-{args.hidden}, batch {args.batch}, k_trunc={args.k_trunc}, k_top={args.k_top}, "
           f"k_att={args.k_att}, variant={args.variant}, {args.threads} thread(s), torch {torch.__version__}, "
-          f"median of {args.reps} steps after one warm-up\n")
+          f"median of {args.reps} steps per method after one warm-up, interleaved\n")
     print(tabulate(rows, headers="keys", tablefmt="github"))
 
 
