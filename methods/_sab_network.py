@@ -74,14 +74,14 @@ class _Link(torch.autograd.Function):
 
 
 class _Read(torch.autograd.Function):
-    """values[b, idx[b, s]] for chosen rows; gradients go to the accumulator, and reach the
+    """values[b, :, idx[b, s]] for chosen memories; gradients go to the accumulator, and reach the
     stored tensors through the `_Link` chain that `handle` closes."""
 
     @staticmethod
     def forward(ctx, handle, values, idx, store):
         ctx.store = store
         ctx.save_for_backward(idx)
-        return values[_lanes(idx), idx]
+        return values[_lanes(idx), :, idx]   # values [B, H, cap] -> [B, n, H]
 
     @staticmethod
     def backward(ctx, g):
@@ -91,9 +91,10 @@ class _Read(torch.autograd.Function):
 
 
 class Memory:
-    """The stored hidden states of one batch of sequences ([B, |M|, H] no-grad copies, with their
-    cached keys if the scorer has any), and the step count. Part of the carry and appended to in
-    place: a carry is used once, in order (as `run` does)."""
+    """The stored hidden states of one batch of sequences (no-grad copies [B, H, |M|], one column
+    per memory, so scoring all of them is one batched product; cached keys [B, |M|, ...] if the
+    scorer has any), and the step count. Part of the carry and appended to in place: a carry is
+    used once, in order (as `run` does)."""
 
     def __init__(self, like: torch.Tensor):
         self.size, self.t = 0, 0
@@ -101,36 +102,38 @@ class Memory:
         self.store = _GradStore()
         self.handle = like.new_zeros(())
 
-    @staticmethod
-    def _grow(buf, new, size):
-        if buf is None or size == buf.shape[1]:
-            grown = new.new_empty(new.shape[0], max(8, 2 * size), *new.shape[1:])
-            if size:
-                grown[:, :size] = buf[:, :size]
+    def _grow(self, buf, new, dim):
+        """buf with `new` stored at position self.size along `dim`, doubling the capacity when full."""
+        if buf is None or self.size == buf.shape[dim]:
+            shape = list(new.shape)
+            shape.insert(dim, max(8, 2 * self.size))
+            grown = new.new_empty(shape)
+            if self.size:
+                grown.narrow(dim, 0, self.size).copy_(buf.narrow(dim, 0, self.size))
             buf = grown
-        buf[:, size] = new
+        buf.select(dim, self.size).copy_(new)
         return buf
 
     def write(self, m: torch.Tensor, key: torch.Tensor | None) -> None:
         with torch.no_grad():
-            self.values = self._grow(self.values, m, self.size)
+            self.values = self._grow(self.values, m, 2)
             if key is not None:
-                self.keys = self._grow(self.keys, key, self.size)
-        self.store.rows = self.values.shape[1]
+                self.keys = self._grow(self.keys, key, 1)
+        self.store.rows = self.values.shape[2]
         self.handle = _Link.apply(self.handle, m, self.store, self.size)
         self.size += 1
 
     def read(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows idx [B, n] of the memory, [B, n, H], with gradient to the stored tensors."""
+        """Memories idx [B, n], [B, n, H], with gradient to the stored tensors."""
         return _Read.apply(self.handle, self.values, idx, self.store)
 
     def cached_keys(self) -> torch.Tensor:
-        """[B, |M|, ...] without gradient: the keys, or the values for a scorer without keys."""
-        return (self.values if self.keys is None else self.keys)[:, :self.size]
+        """Without gradient: the keys [B, |M|, ...], or the values [B, H, |M|] for a scorer without keys."""
+        return self.values[:, :, :self.size] if self.keys is None else self.keys[:, :self.size]
 
     def rows(self) -> torch.Tensor:
         """The stored values [|M|, B, H] (no gradient), for tests and plots."""
-        return self.values[:, :self.size].transpose(0, 1)
+        return self.values[:, :, :self.size].permute(2, 0, 1)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.keys) if t is not None)
@@ -138,7 +141,7 @@ class Memory:
 
 class BilinearScorer(nn.Module):
     """a_j = m_j . (W h^ + b): query-dependent; the memory itself is the key, so choosing among all
-    memories is one multiply-and-sum over the stored values, and nothing but the values is cached."""
+    memories is one batched product with the stored values, and nothing but the values is cached."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -150,11 +153,11 @@ class BilinearScorer(nn.Module):
     def query(self, h):
         return self.query_proj(h)
 
-    def from_keys(self, q, keys):      # keys = values [B, M, H] -> [B, M]; on CPU ~3x faster than bmm here
-        return (keys * q.unsqueeze(1)).sum(-1)
+    def from_keys(self, q, keys):      # keys = values [B, H, M] -> [B, M]
+        return torch.bmm(q.unsqueeze(1), keys).squeeze(1)
 
-    def score_rows(self, q, m):
-        return self.from_keys(q, m)
+    def score_rows(self, q, m):        # m [B, n, H] -> [B, n]
+        return (m * q.unsqueeze(1)).sum(-1)
 
 
 class MLPScorer(nn.Module):
