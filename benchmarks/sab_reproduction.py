@@ -9,6 +9,7 @@ then runs `run_all.py` there, one run after another on one thread, so timings ar
 
     python benchmarks/sab_reproduction.py --dry-run            # print the budget and the command
     python benchmarks/sab_reproduction.py                      # about two hours here
+    python benchmarks/sab_reproduction.py --stabilised         # also sab with store=provisional
     python benchmarks/sab_reproduction.py --steps 3 --out /tmp/sab-check   # a tiny check of the pipeline
 """
 import argparse
@@ -82,6 +83,8 @@ sequences, updates and wall-clock; status ok / diverged / failed).
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=METHODS_DEFAULT)
+    p.add_argument("--stabilised", action="store_true",
+                   help="also run sab with store=provisional (the stabiliser the paper does not name)")
     p.add_argument("--hours", type=float, default=2.0, help="wall-clock to fill when --steps is not given")
     p.add_argument("--overhead", type=float, default=0.15, help="fraction added for evaluation and fidelity")
     p.add_argument("--steps", type=int, default=None, help="fixed budget of training steps per run")
@@ -89,6 +92,8 @@ def main():
     p.add_argument("--dry-run", action="store_true", help="print the budget and the command, run nothing")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.stabilised:
+        args.methods += ",sab[k_trunc=5,k_top=5,k_att=2,store=provisional]"
 
     if args.steps:
         steps, basis = args.steps, "fixed with --steps"

@@ -8,7 +8,7 @@ Per step t (1-indexed), with memory M = (m_1, ..., m_|M|):
     r_t = sum_j w_j m_j                                  read-out of the memory
     h_t = h^_t + r_t                                     the state carried on (c_t unchanged)
     y_t = readout(h_t)            ([h_t; r_t] in the released variant)
-    if t % k_att == 0: append h_t to M                   (not detached)
+    if t % k_att == 0: append h_t to M                   (not detached; h^_t with store=provisional)
 
 How the memory keeps every skip gradient and stays cheap: each stored h_t is kept by reference in
 an autograd chain (`_Link`), and its value is also copied into a no-grad buffer beside a no-grad
@@ -211,9 +211,10 @@ class SABNetwork(Network):
     """Cell + sparse attention over past hidden states + linear readout; carry = (cell state, Memory)."""
 
     def __init__(self, cell: Cell, output_size: int, k_top: int, k_att: int, variant: str = "paper",
-                 scorer: str = "bilinear"):
+                 scorer: str = "bilinear", store: str = "attended"):
         super().__init__()
         self.cell, self.k_top, self.k_att, self.variant = cell, k_top, k_att, variant
+        self.store_provisional = store == "provisional"
         self.released = variant == "released"
         H = cell.hidden_size
         self.scorer = SCORERS[scorer](H)
@@ -247,7 +248,7 @@ class SABNetwork(Network):
         state = (h,) + tuple(state[1:])
         memory.t += 1
         if memory.t % self.k_att == 0:
-            self._write(memory, h)
+            self._write(memory, h_hat if self.store_provisional else h)
         out = self.readout(torch.cat([h, r], -1) if self.released else h)
         return out, (state, memory)
 

@@ -21,6 +21,10 @@ Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
   and a key projection with gradient per step (about 2x the LSTM step's own work at H=128).
   `separable` is the release's scorer, the default of variant=released.
 - memory: starts empty; h_t (after the read-out) is stored after steps k_att, 2 k_att, ...
+  Stored states are themselves sums of earlier read-outs, so their magnitude can grow (a
+  collapse seen in a prototype on copy T=100). `store=provisional` stores h^_t instead, which
+  bounds an LSTM's memories by 1: a stabiliser the paper does not name, off by default and in
+  the released variant.
 - short memory (k_top or fewer entries): every memory is read, with softmax weights over its
   scores (there is no (k_top+1)-th score to subtract); an empty memory reads zero.
 - long memory: the top k_top + 1 are chosen without gradient from cached keys; ties are broken by
@@ -87,6 +91,8 @@ class SAB(Method):
         "k_top": positive_int(5, "memories attended per step"),
         "k_att": positive_int(2, "steps between memory writes"),
         "variant": Param("paper", str, "paper, or released (the authors' code)", choices=VARIANTS),
+        "store": Param("attended", str, "attended: store h_t = h^_t + r_t (paper, release); provisional: "
+                       "store h^_t (a stabiliser the paper does not name)", choices=("attended", "provisional")),
         "scorer": Param(None, str, "bilinear, mlp or separable; default bilinear (paper), separable (released)",
                         choices=SCORERS_NAMES),
     }
@@ -99,7 +105,7 @@ class SAB(Method):
     def build_network(self, spec):
         cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
         scorer = self.scorer or ("separable" if self.variant == "released" else "bilinear")
-        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer)
+        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store)
 
     def forward(self, net, batch):
         return sab_forward(net, batch.x, self.k_trunc, self.variant)

@@ -30,7 +30,7 @@ def make(cell="lstm", seq_len=4, batch=3, hidden=4, seed=0, task="copy", **param
     return method, net, b
 
 
-def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=False, hidden=None):
+def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=False, hidden=None, store="attended"):
     """SAB written the direct way, independently of methods/: every memory scored with gradient
     at every step from a stacked copy, weights from a full sort, explicit detaches."""
     cell, B, L = net.cell, x.shape[1], x.shape[0]
@@ -74,7 +74,7 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
         if hidden is not None:
             hidden.append(h)
         if (t + 1) % k_att == 0:
-            mems.append(h)
+            mems.append(h_hat if store == "provisional" else h)
         outs.append(net.readout(torch.cat([h, r], -1) if variant == "released" else h))
     return torch.stack(outs)
 
@@ -221,6 +221,25 @@ def test_short_memory_softmax_paper_raw_scores_released():
             raw = torch.tanh(torch.cat([h.expand_as(Mt), Mt], -1)) @ net.scorer.w
             assert torch.allclose(w, raw, atol=1e-14)
             assert not torch.allclose(w.sum(0), torch.ones(batch.batch_size, dtype=w.dtype))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_store_provisional_stores_h_hat(cell, variant):
+    kw = dict(k_trunc=3, k_top=2, k_att=2, variant=variant)
+    method, net, batch = make(cell, seq_len=3, store="provisional", **kw)
+    _, g = method.gradient(net, batch, None)
+    assert rel(g, naive_gradient(net, batch, store="provisional", **kw)) < 1e-10
+    assert rel(g, naive_gradient(net, batch, **kw)) > 1e-6
+    carry = net.init_carry(batch.batch_size)
+    for t in range(6):
+        carry = net.step(batch.x[t], carry)[1]
+        if t == 5:   # the state stored after step 6 is the provisional one: |h^| <= 1 for an LSTM
+            h_hat = net.cell(batch.x[t], prev[0])[0]
+            assert torch.allclose(carry[1].rows()[-1], h_hat, atol=1e-14, rtol=0)
+            if variant == "paper":   # (the release's zero first memory often wins, and reads zero)
+                assert not torch.allclose(carry[1].rows()[-1], net.hidden(carry))
+        prev = carry
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
