@@ -88,7 +88,8 @@ def main():
     p.add_argument("--hours", type=float, default=2.0, help="wall-clock to fill when --steps is not given")
     p.add_argument("--overhead", type=float, default=0.15, help="fraction added for evaluation and fidelity")
     p.add_argument("--steps", type=int, default=None, help="fixed budget of training steps per run")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "reference" / "sab-copy-T100")
+    p.add_argument("--out", type=Path, default=Path("results/reference/sab-copy-T100"),
+                   help="output folder (relative paths are from the repository root)")
     p.add_argument("--dry-run", action="store_true", help="print the budget and the command, run nothing")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -110,8 +111,9 @@ def main():
     print(f"budget: {steps} steps x {BATCH} = {steps * BATCH} sequences per run ({basis})\n{shown}", flush=True)
     if args.dry_run:
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "README.md").write_text(README.format(
+    out = args.out if args.out.is_absolute() else ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(README.format(
         T=T, hidden=HIDDEN, batch=BATCH, methods=", ".join(f"`{m}`" for m in split_top_level(args.methods)), seeds=SEEDS,
         cmd=shown, steps=steps, sequences=steps * BATCH, basis=basis, torch=torch.__version__,
         machine=f"{platform.processor() or platform.machine()}, {platform.platform()}, {torch.get_num_interop_threads()} "
