@@ -254,7 +254,7 @@ class SABNetwork(Network):
 
     # --- attention ------------------------------------------------------------------------------
     def attend(self, h_hat, memory):
-        """(rows idx [B, n], their weights w [B, n], their values [B, n, H]), or None if empty.
+        """(memories idx [B, n], their weights w [B, n], their values [B, n, H]), or None if empty.
 
         Long memory (more than k_top entries): the top k_top + 1 (paper) or k_top (release) rows by
         score are chosen without gradient from the cached keys, and only their scores are recomputed
@@ -277,8 +277,10 @@ class SABNetwork(Network):
         if self.released:   # threshold at the k-th score plus eps: k_top - 1 rows keep weight
             w = F.relu(a - (a[:, -1:] + EPS_RELEASED))
             return idx, w / (w.sum(1, keepdim=True) + EPS_RELEASED), m
-        w = F.relu(a[:, :-1] - a[:, -1:])   # threshold at the (k_top+1)-th score, which gets gradient too
-        return idx[:, :-1], w / w.sum(1, keepdim=True).clamp_min(EPS_PAPER), m[:, :-1]
+        # threshold at the (k_top+1)-th score, which gets gradient too; its own weight is relu(0) = 0
+        # with zero gradient, so it stays in the sum rather than being sliced off (two fewer nodes)
+        w = F.relu(a - a[:, -1:])
+        return idx, w / w.sum(1, keepdim=True).clamp_min(EPS_PAPER), m
 
     def read(self, h_hat, memory):
         chosen = self.attend(h_hat, memory)
