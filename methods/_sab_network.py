@@ -11,13 +11,15 @@ Per step t (1-indexed), with memory M = (m_1, ..., m_|M|):
     if t % k_att == 0: append h_t to M                   (not detached; h^_t with store=provisional)
 
 How the memory keeps every skip gradient and stays cheap: each stored h_t is kept by reference in
-an autograd chain (`_Link`), and its value is also copied into a no-grad buffer beside a no-grad
-cache of its key (its part of the score). Each step chooses the top memories from the cached keys
-without gradient, reads only those rows (`_Read`) and recomputes only their scores with gradient.
+an autograd chain (`_Link`), and its value is also copied into a no-grad buffer (with a no-grad
+cache of its key, its part of the score, for scorers that have one; the bilinear scorer's key is
+the value). Each step chooses the top memories from the cached keys without gradient, reads only
+those (`_Read`) and recomputes only their scores with gradient.
 `_Read`'s backward adds its gradient into a per-sequence accumulator; `_Link` hands memory j its
 accumulated gradient, and autograd's dependency order runs `_Link` j only after every read that
 could have chosen memory j. So nothing is concatenated per step, nothing loops over memories in
-Python, and the buffers autograd never saves are the only ones written in place.
+Python, and the buffers autograd never saves are the only ones written in place. The autograd
+nodes hold only the accumulator, which holds no tensor of the graph: no reference cycle (tested).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
   a_j = v . tanh(W_m m_j + W_q h^_t + b), an MLP over the pair; both depend on the current state.
   The bilinear form is the default for cost: choosing among all memories is one
   batched product with the stored values, where the MLP needs a tanh over every memory
-  and a key projection with gradient per step (about 2x the LSTM step's own work at H=128).
+  and a key projection of the chosen ones with gradient, each step.
   `separable` is the release's scorer, the default of variant=released.
 - memory: starts empty; h_t (after the read-out) is stored after steps k_att, 2 k_att, ...
   Stored states are themselves sums of earlier read-outs, so their magnitude can grow (a

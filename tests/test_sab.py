@@ -351,3 +351,24 @@ def test_eval_on_longer_sequences_through_the_cli(tmp_path):
     assert all(r["memory"]["state_bytes"] > 0 for r in records)
     table = (tmp_path / "summary.md").read_text()
     assert table.count("3→9") == 2
+
+
+def test_memory_and_graph_are_freed_without_the_cycle_collector():
+    import gc
+    import weakref
+    method, net, batch = make("lstm", seq_len=10, k_trunc=3, k_top=2, k_att=1)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for backward in (True, False):
+            out, carry = method.forward(net, batch)
+            loss = batch.loss(out)
+            refs = [weakref.ref(carry[1]), weakref.ref(carry[1].store), weakref.ref(carry[1].handle)]
+            del out, carry
+            if backward:
+                loss.backward()
+            del loss
+            assert all(r() is None for r in refs)
+    finally:
+        if enabled:
+            gc.enable()
