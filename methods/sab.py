@@ -1,0 +1,137 @@
+"""Sparse Attentive Backtracking (Ke, Goyal, Bilaniuk, Binas, Mozer, Pal, Bengio; NeurIPS 2018,
+arXiv 1809.03702; first version arXiv 1711.02326).
+
+For each batch of whole sequences (one parameter update per sequence):
+    for t = 1..L:
+        if t starts a window of k_trunc steps: cut the local backward path of (h, c)
+        h^_t, c_t = cell(x_t, (h_{t-1}, c_{t-1}))
+        a_j   = score(h^_t, m_j) for every memory m_j
+        w     = weights of the k_top best memories, proportional to how far their scores
+                exceed the (k_top+1)-th score, normalised to sum to 1
+        h_t   = h^_t + sum_j w_j m_j;  y_t = readout(h_t)
+        every k_att steps: append h_t to the memory (not detached)
+    backpropagate the sequence loss: locally within each window, and through the attention
+    into the chosen memories, from which it continues inside their own windows.
+
+Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
+- scorer (`scorer=`): `bilinear` (default), a_j = m_j . (W h^_t + b), or `mlp`,
+  a_j = v . tanh(W_m m_j + W_q h^_t + b), an MLP over the pair; both depend on the current state.
+  The bilinear form is the default for cost: choosing among all memories is one
+  batched product with the stored values, where the MLP needs a tanh over every memory
+  and a key projection of the chosen ones with gradient, each step.
+  `separable` is the release's scorer, the default of variant=released.
+- memory: starts empty; h_t (after the read-out) is stored after steps k_att, 2 k_att, ...
+  Stored states are themselves sums of earlier read-outs, so their magnitude can grow (a
+  collapse seen in a prototype on copy T=100). `store=provisional` stores h^_t instead, which
+  bounds an LSTM's memories by 1: a stabiliser the paper does not name, off by default and in
+  the released variant.
+- short memory (k_top or fewer entries): every memory is read, with softmax weights over its
+  scores (there is no (k_top+1)-th score to subtract); an empty memory reads zero.
+- long memory: the top k_top + 1 are chosen without gradient from cached keys; ties are broken by
+  torch.topk's order (deterministic on CPU), and a memory tied with the threshold gets weight 0,
+  so which tied one is chosen does not change the forward value.
+- normaliser: w = relu(a - a_(k+1)) / max(sum, 1e-12): the weights sum to exactly 1 unless all
+  k_top scores tie with the threshold (then nothing is read).
+- the threshold score a_(k+1) receives gradient (it is part of the function; the gradient is the
+  exact derivative wherever the choice of memories is locally constant).
+- windows: fixed boundaries every k_trunc steps from the start (cuts before steps k_trunc,
+  2 k_trunc, ... counting from 0), the same chunks as `tbptt[update=sequence]`; local
+  backpropagation from a memory stops at the start of its own window.
+- one update per sequence: attention may reach any memory until the end, so a per-window update
+  would leave the memories' graphs stale. With k_trunc >= L this is full BPTT through the SAB
+  network, the harness's reference gradient for it (`sab_bptt` trains that way).
+Consequence to report, not hide: every window's graph stays alive until the sequence ends, so
+SAB's saved bytes are not below BPTT's on the same network.
+
+`variant=released`: the behaviour of the authors' release (copy task, PyTorch 0.1.12):
+threshold at the k_top-th score plus 1e-7 (so k_top - 1 memories get weight), normaliser
+sum + 1e-7; scorer w . tanh([h^; m]) with no hidden layer (the query term cancels after the
+threshold, so the weights do not depend on the current state); raw scores as weights while the
+memory holds k_top or fewer entries; the zero initial state is the first memory; cuts before
+steps t with (t + 1) % k_trunc == 0 (counting from 0); readout on [h; r].
+"""
+import torch
+
+from harness.config import Param, positive_int
+from harness.method import Method, grads_of
+from harness.models import make_cell, run
+
+from ._sab_network import SCORERS, SABNetwork
+
+VARIANTS = ("paper", "released")
+SCORERS_NAMES = tuple(SCORERS)
+
+
+def cuts(L: int, k_trunc: int, variant: str) -> set[int]:
+    """Steps (0-indexed) before which the local backward path of (h, c) is cut."""
+    if variant == "released":
+        return {t for t in range(L) if (t + 1) % k_trunc == 0}
+    return set(range(k_trunc, L, k_trunc))
+
+
+def sab_forward(net, x, k_trunc: int | None, variant: str):
+    """Outputs [L, B, out] and the final carry; k_trunc=None: no cut (full BPTT)."""
+    carry, outs = net.init_carry(x.shape[1]), []
+    cut = cuts(x.shape[0], k_trunc, variant) if k_trunc else set()
+    for t in range(x.shape[0]):
+        if t in cut:
+            carry = net.truncate(carry)
+        out, carry = net.step(x[t], carry)
+        outs.append(out)
+    return torch.stack(outs), carry
+
+
+class SAB(Method):
+    name = "sab"
+    description = "sparse attentive backtracking: truncated local BPTT plus skip gradients through sparse attention"
+    paper = "Ke et al., Sparse Attentive Backtracking: Temporal credit assignment through reminding, NeurIPS 2018"
+    gradient_kind = "approximate"
+    hyperparameters = {
+        "k_trunc": positive_int(10, "local truncation length"),
+        "k_top": positive_int(5, "memories attended per step"),
+        "k_att": positive_int(2, "steps between memory writes"),
+        "variant": Param("paper", str, "paper, or released (the authors' code)", choices=VARIANTS),
+        "store": Param("attended", str, "attended: store h_t = h^_t + r_t (paper, release); provisional: "
+                       "store h^_t (a stabiliser the paper does not name)", choices=("attended", "provisional")),
+        "scorer": Param(None, str, "bilinear, mlp or separable; default bilinear (paper), separable (released)",
+                        choices=SCORERS_NAMES),
+    }
+    test_params = [{}, {"k_trunc": 2, "k_top": 1, "k_att": 1}, {"k_trunc": 3, "k_top": 2, "k_att": 1, "scorer": "mlp"},
+                   {"variant": "released", "k_trunc": 2, "k_top": 2, "k_att": 1}]
+
+    def validate(self):
+        self._state_bytes = 0
+
+    def build_network(self, spec):
+        cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
+        scorer = self.scorer or ("separable" if self.variant == "released" else "bilinear")
+        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store)
+
+    def forward(self, net, batch):
+        return sab_forward(net, batch.x, self.k_trunc, self.variant)
+
+    def gradient(self, net, batch, rng):
+        out, (_, memory) = self.forward(net, batch)
+        self._state_bytes = memory.nbytes()
+        loss = batch.loss(out)
+        return loss.item(), grads_of(loss, net)
+
+    def state_bytes(self):
+        """The memory's no-grad copies of its values and keys (the stored tensors themselves are
+        held by autograd and counted in saved bytes)."""
+        return self._state_bytes
+
+
+class SABBPTT(SAB):
+    name = "sab_bptt"
+    description = "the SAB network trained by full BPTT (separates the architecture from sparse backtracking)"
+    gradient_kind = "exact"
+    hyperparameters = {k: v for k, v in SAB.hyperparameters.items() if k != "k_trunc"}
+    test_params = [{}, {"k_top": 1, "k_att": 1}, {"variant": "released", "k_top": 2, "k_att": 1}]
+
+    def validate(self):
+        self.k_trunc = None
+        super().validate()
+
+    def forward(self, net, batch):
+        return run(net, batch.x, net.init_carry(batch.batch_size))
