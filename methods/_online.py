@@ -38,6 +38,9 @@ def lane_norm(t: torch.Tensor) -> torch.Tensor:
 class OnlineMethod(Method):
     hyperparameters = ONLINE_PARAMS
     cells: tuple[str, ...] = tuple(CELLS)
+    # the network runs without a graph (forward mode), so no gradient reaches the hidden states for
+    # the credit-by-lag hooks to read; RTRL's credit is BPTT's anyway
+    credit_by_lag = None
     trace: list | None = None   # tests set a list: per step, the norms of each rescaled term's two factors
 
     def check(self, spec):
