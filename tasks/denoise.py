@@ -23,6 +23,7 @@ class Denoise(Task):
     reference = "Jing et al. 2019 (denoise task); Gu and Dao 2023 (selective copying)"
     loss_kind = "cross_entropy"
     default_seq_len = 20   # recall lags of up to 25 steps: beyond tbptt's default k=10
+    solved_threshold = 0.99   # accuracy on the n recalled symbols
     hyperparameters = {
         "n": positive_int(5, "number of symbols to recall"),
         "symbols": Param(8, int, "alphabet size K", check=lambda v: v >= 2, allowed="an integer >= 2"),
