@@ -9,11 +9,12 @@ replayed from its seed up to the step reached, which gives the same batches.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import torch
+
+from .store import write_atomic
 
 
 def path(out: Path, key: str) -> Path:
@@ -21,18 +22,9 @@ def path(out: Path, key: str) -> Path:
 
 
 def save(file: Path, state: dict) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(file, buffer.getvalue())
 
 
 def load(file: Path) -> dict | None:

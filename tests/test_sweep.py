@@ -255,8 +255,10 @@ def test_interrupted_sweep_loses_nothing_and_a_rerun_completes_it(tmp_path, sig)
     out = tmp_path / "out"
     args = ["--methods", f"{NOISY}[sleep=[0,0.5]]", "--seeds", "2", *TINY[:6], *TINY[8:], "--out", str(out)]
     env = {**os.environ, "SWEEP_TEST_SLEEP": "1"}
+    # a shell's background job inherits SIGINT ignored, and Python keeps it so: restore the default
     proc = subprocess.Popen([sys.executable, "run_all.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 90
     while len(list((out / "runs").glob("*.json"))) < 2 and time.time() < deadline:  # the two sleep=0 runs
         time.sleep(0.1)
