@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import executors, report, runner, store, sweepfile, tuning
-from .config import ConfigError, parse_spec_list
+from .config import ConfigError, parse_spec_list, unknown
 from .models import CELLS
 from .registry import METHODS, TASKS
 
@@ -164,7 +164,6 @@ def typed(cls, owner: str, params: dict) -> dict:
     parsed = {}
     for key, value in params.items():
         if key not in declared:
-            from .config import unknown
             raise unknown(f"hyperparameter of {owner}", key, list(declared))
         v = declared[key].parse(owner, key, value)
         if v != declared[key].default:
@@ -178,16 +177,16 @@ def build_configs(args) -> list[runner.RunConfig]:
     methods, tasks = parse_spec_list(args.methods), parse_spec_list(args.tasks)
     device = resolve_device(args.device)
     check_data_options([TASKS.get(t.name) for t in tasks], args)
+    method_params = [typed(METHODS.get(m.name), f"method {m.name}", m.params) for m in methods]
     configs = []
     for t in tasks:
         task_cls = TASKS.get(t.name)
+        task_params = typed(task_cls, f"task {t.name}", with_data_options(task_cls, t.params, args))
         for T in args.seq_len or [task_cls.default_seq_len]:
-            for m in methods:
-                method_params = typed(METHODS.get(m.name), f"method {m.name}", m.params)
-                task_params = typed(task_cls, f"task {t.name}", with_data_options(task_cls, t.params, args))
+            for m, m_params in zip(methods, method_params):
                 for seed in range(args.seeds):
                     configs.append(runner.RunConfig(
-                        method=m.name, method_params=method_params, task=t.name, task_params=task_params,
+                        method=m.name, method_params=dict(m_params), task=t.name, task_params=dict(task_params),
                         seq_len=T, eval_seq_len=args.eval_seq_len, cell=args.cell, hidden=args.hidden,
                         batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr,
                         clip=args.clip or None, seed=seed, device=device, dtype=args.dtype, threads=args.threads,

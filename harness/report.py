@@ -89,6 +89,14 @@ def _panels(n: int, width: float = 4.6, height: float = 3.4):
     return fig, axes.ravel()[:n]
 
 
+def _task_panels(records: list[dict], runs: list[dict]):
+    """(fig, axes, runs by task, styles): one panel per task; styles from every finished run, so a
+    method looks the same in every figure."""
+    panels = by(runs, task_label)
+    fig, axes = _panels(len(panels))
+    return fig, axes, panels, styles(method_label(r) for r in ok_runs(records))
+
+
 def _fit_to_lines(ax) -> None:
     """y limits from the plotted lines (seeds, means, reference lines), not from the bands, which
     may reach values a score cannot take."""
@@ -159,9 +167,7 @@ def plot_learning_curves(records: list[dict], x: str = "sequences"):
     """Score against `x` (sequences, updates or wall_s), one panel per task, one line per method
     (mean, 95% band, per-seed thin lines), chance as a horizontal line."""
     runs = ok_runs(records)
-    panels = by(runs, task_label)
-    st = styles(method_label(r) for r in runs)
-    fig, axes = _panels(len(panels))
+    fig, axes, panels, st = _task_panels(records, runs)
     for ax, (title, group) in zip(axes, panels.items()):
         for label, rs in by(group, method_label).items():
             xs = [np.array([c[x] for c in r["curve"]], float) for r in rs]
@@ -184,9 +190,7 @@ def plot_fidelity(records: list[dict]):
     """Cosine of each method's gradient with the exact one (recurrent parameters) at the fidelity
     checkpoints, against training sequences seen."""
     runs = [r for r in ok_runs(records) if r.get("fidelity")]
-    panels = by(runs, task_label)
-    st = styles(method_label(r) for r in ok_runs(records))
-    fig, axes = _panels(len(panels))
+    fig, axes, panels, st = _task_panels(records, runs)
     for ax, (title, group) in zip(axes, panels.items()):
         for label, rs in by(group, method_label).items():
             xs = [np.array([f["step"] * r["config"]["batch"] for f in r["fidelity"]], float) for r in rs]
@@ -237,9 +241,7 @@ def plot_credit_by_lag(records: list[dict]):
     """Mean norm of the gradient reaching the hidden state d steps before each loss term, against d,
     log y; lags where it is exactly zero are ticked along the bottom."""
     runs = [r for r in ok_runs(records) if r.get("credit_by_lag")]
-    panels = by(runs, task_label)
-    st = styles(method_label(r) for r in ok_runs(records))
-    fig, axes = _panels(len(panels))
+    fig, axes, panels, st = _task_panels(records, runs)
     for ax, (title, group) in zip(axes, panels.items()):
         for label, rs in by(group, method_label).items():
             lag = np.array(rs[0]["credit_by_lag"]["lag"], float)
