@@ -14,6 +14,8 @@ the hidden units. Methods whose gradient does not flow back through the hidden s
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -44,6 +46,10 @@ def loss_terms(batch: Batch, max_terms: int = MAX_TERMS) -> list[int]:
     return [steps[i] for i in pick]
 
 
+class Unmatched(RuntimeError):
+    """The method stepped the network on inputs that are not rows of batch.x (it copied them)."""
+
+
 def gradients_at_hidden(method, net, batch: Batch, rng: torch.Generator) -> torch.Tensor:
     """[L, B, H]: the gradient the method's `gradient` delivers to each hidden state h_s of `batch`
     (summed over every copy of h_s it computes)."""
@@ -56,7 +62,7 @@ def gradients_at_hidden(method, net, batch: Batch, rng: torch.Generator) -> torc
         out, carry = step(x_t, carry)
         s = rows.get(x_t.data_ptr())
         if s is None:
-            raise RuntimeError("credit by lag: net.step was given an input that is not a row of batch.x")
+            raise Unmatched("credit by lag: net.step was given an input that is not a row of batch.x")
         h = net.hidden(carry)
         if h.requires_grad:
             def record(grad, s=s):
@@ -84,7 +90,11 @@ def measure(method, net, batch: Batch, rng: torch.Generator, max_terms: int = MA
     L = batch.num_steps
     total, count = np.zeros(L), np.zeros(L, dtype=int)
     for t in loss_terms(batch, max_terms):
-        grads = gradients_at_hidden(method, net, _OneTerm(batch, t), rng)
+        try:
+            grads = gradients_at_hidden(method, net, _OneTerm(batch, t), rng)
+        except Unmatched as exc:  # a diagnostic must not cost the run it follows
+            warnings.warn(f"{exc}; no credit-by-lag curve for {method.label}")
+            return None
         norms = grads[: t + 1].flatten(1).norm(dim=1).numpy()   # norms[s] for s = 0..t
         total[: t + 1] += norms[::-1]                            # lag d = t - s
         count[: t + 1] += 1

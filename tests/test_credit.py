@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from harness import credit
+from harness.method import grads_of
+from harness.models import run
 from harness.registry import METHODS
 from tests.conftest import build, tiny_batch
 
@@ -82,3 +84,17 @@ def test_every_method_credit_is_measurable_or_declared_undefined(name):
     norms = np.array(result["norm"], float)
     assert len(norms) == batch.num_steps and np.isfinite(norms).all() and (norms >= 0).all() and norms[0] > 0
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_a_method_that_copies_its_inputs_gets_no_curve_rather_than_failing():
+    class CopyingBPTT(METHODS.get("bptt")):
+        def gradient(self, net, batch, rng):
+            out, _ = run(net, batch.x.clone(), net.init_carry(batch.batch_size))
+            loss = batch.loss(out)
+            return loss.item(), grads_of(loss, net)
+
+    task, batch = tiny_batch("copy", seq_len=3)
+    method = CopyingBPTT()
+    net, _ = build(method, "rnn", task, hidden=5)
+    with pytest.warns(UserWarning, match="no credit-by-lag curve"):
+        assert credit.measure(method, net, batch, torch.Generator().manual_seed(0)) is None
