@@ -5,7 +5,9 @@ bptt; 3 seeds each; the same budget of training sequences (steps x batch) for ev
 The budget is the largest number of steps that fits --hours, estimated from each method's measured
 time per step at this size on this machine (plus --overhead for evaluation and fidelity), unless
 --steps is given. The script writes a README into the output folder (command, budget, machine),
-then runs `run_all.py` there, one run after another on one thread, so timings are comparable.
+then runs `run_all.py` there, one thread per run; with --jobs 2 (both cores of this machine) two runs
+share the machine at a time, which buys about 1.7x the budget at the cost of per-step timings some
+10-30% slower than alone (measured), so compare time only within one reproduction.
 
     python benchmarks/sab_reproduction.py --dry-run            # print the budget and the command
     python benchmarks/sab_reproduction.py                      # about two hours here
@@ -51,11 +53,12 @@ def seconds_per_step(spec_text: str, reps: int = 3) -> float:
     return statistics.median(times)
 
 
-def command(methods: str, steps: int, out: Path) -> list[str]:
+def command(methods: str, steps: int, out: Path, jobs: int) -> list[str]:
     return [sys.executable, "run_all.py", "--methods", methods, "--tasks", "copy", "--seq-len", str(T),
             "--cell", "lstm", "--hidden", str(HIDDEN), "--batch", str(BATCH), "--optimizer", "adam",
             "--lr", str(LR), "--clip", str(CLIP), "--seeds", str(SEEDS), "--steps", str(steps),
-            "--threads", "1", "--device", "cpu", "--out", str(out)]
+            "--threads", "1", "--device", "cpu", "--out", str(out)] + (
+        ["--executor", "joblib", "-j", str(jobs)] if jobs > 1 else [])
 
 
 README = """# SAB copy-task reproduction: T={T}, LSTM {hidden}, batch {batch}
@@ -68,7 +71,7 @@ Issue 3's reproduction: {methods}, {seeds} seeds each, the same budget for every
 
 - Budget: {steps} training steps of {batch} sequences = {sequences} sequences per run
   ({basis}).
-- Machine: {machine}; torch {torch}; one thread per run, runs one after another.
+- Machine: {machine}; torch {torch}; one thread per run, {jobs} run(s) at a time.
 - Started: {started}.
 
 Results: `summary.md` (and `.csv`, `.tex`), one record per run in `runs/` (learning curve against
@@ -87,6 +90,10 @@ def main():
                    help="also run sab with store=provisional (the stabiliser the paper does not name)")
     p.add_argument("--hours", type=float, default=2.0, help="wall-clock to fill when --steps is not given")
     p.add_argument("--overhead", type=float, default=0.15, help="fraction added for evaluation and fidelity")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time (joblib workers, one thread each); 2 uses both cores here")
+    p.add_argument("--contention", type=float, default=1.25,
+                   help="slowdown of a step when --jobs runs share the machine (measured here: 1.1-1.3)")
     p.add_argument("--steps", type=int, default=None, help="fixed budget of training steps per run")
     p.add_argument("--out", type=Path, default=Path("results/reference/sab-copy-T100"),
                    help="output folder (relative paths are from the repository root)")
@@ -102,11 +109,13 @@ def main():
         per = {m: seconds_per_step(m) for m in split_top_level(args.methods)}
         for m, s in per.items():
             print(f"{m}: {s:.3f} s/step", flush=True)
-        per_seed_step = sum(per.values()) * SEEDS * (1 + args.overhead)
+        slowdown = args.contention if args.jobs > 1 else 1.0
+        per_seed_step = sum(per.values()) * SEEDS * (1 + args.overhead) * slowdown / args.jobs
         steps = max(1, int(args.hours * 3600 / per_seed_step))
         basis = (f"the most that fits {args.hours:g} h from measured s/step "
-                 + ", ".join(f"{m} {s:.3f}" for m, s in per.items()) + f", plus {args.overhead:.0%} overhead")
-    cmd = command(args.methods, steps, args.out)
+                 + ", ".join(f"{m} {s:.3f}" for m, s in per.items()) + f", plus {args.overhead:.0%} overhead"
+                 + (f", x{slowdown:g} for {args.jobs} runs at a time" if args.jobs > 1 else ""))
+    cmd = command(args.methods, steps, args.out, args.jobs)
     shown = " ".join(shlex.quote(c) for c in ["python"] + cmd[1:])
     print(f"budget: {steps} steps x {BATCH} = {steps * BATCH} sequences per run ({basis})\n{shown}", flush=True)
     if args.dry_run:
@@ -115,7 +124,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(README.format(
         T=T, hidden=HIDDEN, batch=BATCH, methods=", ".join(f"`{m}`" for m in split_top_level(args.methods)), seeds=SEEDS,
-        cmd=shown, steps=steps, sequences=steps * BATCH, basis=basis, torch=torch.__version__,
+        cmd=shown, steps=steps, jobs=args.jobs, sequences=steps * BATCH, basis=basis, torch=torch.__version__,
         machine=f"{platform.processor() or platform.machine()}, {platform.platform()}, {torch.get_num_interop_threads()} "
                 f"interop threads, {__import__('os').cpu_count()} CPUs",
         started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
