@@ -398,6 +398,9 @@ def write(out_dir: Path, records: list[dict] | None = None) -> Path:
              f"{len(records)} run records ({len(ok_runs(records))} ok) from `{store.runs_dir(out_dir)}`; "
              f"rebuild with `python -m harness.report {out_dir}`.", "", "## Summary", "", md_table, "",
              summary.footnote(table), ""]
+    seeds = summary.per_seed(records)
+    write_atomic(out_dir / "per_seed.csv", seeds.to_csv(index=False))
+    lines += ["## Per seed", "", summary.per_seed_markdown(seeds), ""]
     bad = [r for r in records if r.get("status") != "ok"]
     if bad:
         lines += ["Runs that did not finish:", ""] + [

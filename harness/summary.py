@@ -246,3 +246,42 @@ def write(df: pd.DataFrame, out: Path) -> str:
     write_atomic(out / "summary.tex", tabulate(shown, headers="keys", tablefmt="latex_booktabs",
                                                showindex=False) + "\n")
     return md + extra
+
+
+
+PER_SEED = ["method", "task", "seq_len", "cell", "hidden", "seed", "status", "final", "final_loss", "best", "best_at",
+            "peak_loss", "peak_loss_at"]
+
+
+def per_seed(records: list[dict]) -> pd.DataFrame:
+    """One row per run: where each seed ended, the best it reached and its worst held-out loss on the
+    way, so a plateau exit, a collapse after a good score or a loss spike shows seed by seed (the
+    comparison table averages them away)."""
+    rows = []
+    for r in records:
+        row = record_row(r)
+        out = {k: row[k] for k in PER_SEED[1:7]} | {"method": r.get("method_label") or row["method"]}
+        curve = [p for p in r.get("curve", []) if p.get("sequences")]   # evaluations after training began
+        if row["status"] == "ok" and curve:
+            sign = 1 if row["higher_is_better"] else -1
+            best = max(curve, key=lambda p: sign * p["score"])
+            worst = max(curve, key=lambda p: p["test_loss"])
+            out |= {"final": r["final"]["score"], "final_loss": r["final"]["test_loss"], "best": best["score"],
+                    "best_at": best["sequences"], "peak_loss": worst["test_loss"], "peak_loss_at": worst["sequences"]}
+        rows.append(out)
+    return pd.DataFrame(rows, columns=PER_SEED)
+
+
+PER_SEED_NOTE = ("final: score and held-out loss at the end; best: the best score at any evaluation after "
+                 "training began, at the training sequences seen then; peak loss: the largest held-out loss at "
+                 "any such evaluation, at the sequences seen then.")
+
+
+def per_seed_markdown(df: pd.DataFrame) -> str:
+    numbers = {"final": "{:.3f}", "final_loss": "{:.3f}", "best": "{:.3f}", "best_at": "{:.0f}",
+               "peak_loss": "{:.3f}", "peak_loss_at": "{:.0f}"}
+    shown = df.assign(**{c: [_num(v, f) for v in df[c]] for c, f in numbers.items()})
+    shown = shown.assign(cell=[f"{c}-{h}" for c, h in zip(df["cell"], df["hidden"])]).drop(columns="hidden")
+    shown = shown.rename(columns={"seq_len": "T", "final_loss": "final loss", "best_at": "best at",
+                                  "peak_loss": "peak loss", "peak_loss_at": "peak loss at"})
+    return tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n\n" + PER_SEED_NOTE

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness import report, runner, store
+from harness import report, runner, store, summary
 from harness.cli import build_configs, main, make_parser
 
 TINY = ["--steps", "3", "--hidden", "4", "--batch", "2", "--eval-batches", "1", "--fidelity-points", "2",
@@ -123,3 +123,27 @@ def test_records_hold_credit_and_threshold(out):
     record = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert record["solved_threshold"] in (0.99, 0.01)
     assert len(record["credit_by_lag"]["norm"]) == record["num_steps"]
+
+
+def test_per_seed_table_shows_a_collapse_that_the_mean_hides(out):
+    base = next(r for r in store.load_all(out) if r["config"]["task"] == "copy")
+    point = lambda seqs, score, loss: {"sequences": seqs, "score": score, "test_loss": loss}
+    collapsed = base | {"curve": [point(0, 0.9, 0.01), point(10, 0.3, 0.2), point(20, 0.6, 0.1),
+                                  point(30, 0.0, 5.0)], "final": {"score": 0.0, "test_loss": 5.0}}
+    failed = base | {"status": "failed", "config": base["config"] | {"seed": 7}}
+    df = summary.per_seed([collapsed, failed])
+    row = df.iloc[0]
+    # the untrained evaluation at 0 sequences does not count as the best
+    assert (row["final"], row["best"], row["best_at"]) == (0.0, 0.6, 20)
+    assert (row["peak_loss"], row["peak_loss_at"], row["final_loss"]) == (5.0, 30, 5.0)
+    assert df.iloc[1]["status"] == "failed" and np.isnan(df.iloc[1]["final"])
+    text = summary.per_seed_markdown(df)
+    assert text.count("\n|") == 3 and "| failed" in text and "copy" in text
+
+
+def test_report_lists_every_seed(out):
+    report.write(out)
+    table = pd.read_csv(out / "per_seed.csv")
+    assert len(table) == len(store.load_all(out))
+    assert set(table["seed"]) == {0, 1, 2}
+    assert "## Per seed" in (out / "report.md").read_text()
