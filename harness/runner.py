@@ -187,8 +187,6 @@ def train(cfg: RunConfig, progress: bool = False, checkpoint_every: int | None =
     def save_state(step):
         state = {"step": step, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
                  "method": method.state_dict(), "rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
-                 # a method may draw on the device's global generator (torch.randn(..., device=cuda))
-                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                  "updates": updater.updates, "record": record, "memory": memory, "wall": wall,
                  "losses": list(losses), "times": timer.times, "timer_updates": timer.updates}
         saved.save(checkpoint_file, state)
@@ -201,8 +199,6 @@ def train(cfg: RunConfig, progress: bool = False, checkpoint_every: int | None =
         method.load_state_dict(state["method"])
         rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
         updater.updates, wall, memory = state["updates"], state["wall"], state["memory"]
         record, losses = state["record"], state["losses"]
         timer.times[:], timer.updates[:] = state["times"], state["timer_updates"]
