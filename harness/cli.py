@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
               f"the same command runs the rest", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - a worker process died (killed, out of memory): runs are safe
+    except Exception as exc:  # noqa: BLE001 - the executor itself failed (a cluster refusing jobs): runs are safe
         finished = sum(store.is_finished(out, c.key()) for c in configs)
         message = (str(exc).strip().splitlines() or [""])[0]
         print(f"run_all.py: the {executor.name} executor stopped: {type(exc).__name__}: {message}\n"

@@ -60,18 +60,60 @@ class Local(Executor):
 
 
 class Joblib(Executor):
+    """N worker processes (joblib's loky), one future per run. A worker killed from outside (the
+    out-of-memory killer, a segfault) breaks the whole pool and fails every run in flight; the runs
+    that were in flight are then retried one at a time, so the run that kills its worker even alone
+    is recorded `failed` and the sweep goes on in parallel."""
+
     name = "joblib"
+    THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
     def __init__(self, jobs: int, threads: int):
         self.concurrent, self.threads = jobs, threads
 
     def run(self, configs, out, options):
-        import joblib
         options = {**options, "progress": False, "executor": self.describe()}
-        # inner_max_num_threads caps BLAS/OpenMP pools in the workers; train() also pins torch's
-        with joblib.parallel_config(backend="loky", inner_max_num_threads=self.threads):
-            parallel = joblib.Parallel(n_jobs=self.concurrent, return_as="generator_unordered")
-            yield from parallel(joblib.delayed(work)(cfg, out, options) for cfg in configs)
+        pending, suspects = list(configs), []
+        while pending:
+            batch = suspects or pending
+            workers = 1 if suspects else self.concurrent
+            finished, broken = yield from self._round(batch, workers, out, options)
+            pending = [c for c in pending if id(c) not in finished]
+            suspects = [c for c in suspects if id(c) not in finished]
+            if broken is None:
+                suspects = []
+            elif workers == 1:     # alone, the first unfinished run was the one running: it killed its worker
+                culprit = next(c for c in batch if id(c) not in finished)
+                record = runner.failed_record(culprit, f"worker process died: {broken}", self.describe())
+                store.save(out, record)
+                yield record
+                pending = [c for c in pending if c is not culprit]
+                suspects = []
+            else:                  # loky runs in submission order: the first `workers` unfinished were in flight
+                suspects = pending[:workers]
+
+    def _round(self, batch, workers, out, options):
+        """Submit `batch` to a fresh pool; yield each record as it comes. Returns the ids of the
+        finished configurations and, if the pool broke, the reason."""
+        from joblib.externals.loky import BrokenProcessPool, ProcessPoolExecutor, as_completed
+        finished, broken = set(), None
+        pool = ProcessPoolExecutor(max_workers=workers, env={v: str(self.threads) for v in self.THREAD_VARS})
+        try:
+            futures = {pool.submit(work, cfg, out, options): cfg for cfg in batch}
+            for future in as_completed(futures):
+                cfg = futures[future]
+                try:
+                    record = future.result()
+                except BrokenProcessPool as exc:
+                    broken = broken or " ".join(str(exc).split()) or type(exc).__name__
+                    record = store.load(out, cfg.key())      # it may have finished just before the break
+                    if not (record and record.get("status") == "ok"):
+                        continue
+                finished.add(id(cfg))
+                yield record
+        finally:  # Ctrl-C included: no worker is left running unsupervised
+            pool.shutdown(wait=False, kill_workers=True)
+        return finished, broken
 
 
 class Slurm(Executor):
