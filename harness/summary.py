@@ -260,7 +260,8 @@ def per_seed(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         row = record_row(r)
-        out = {k: row[k] for k in PER_SEED[1:7]} | {"method": r.get("method_label") or row["method"]}
+        out = {"method": r.get("method_label") or row["method"],
+               **{k: row[k] for k in ("task", "seq_len", "cell", "hidden", "seed", "status")}}
         curve = [p for p in r.get("curve", []) if p.get("sequences")]   # evaluations after training began
         if row["status"] == "ok" and curve:
             sign = 1 if row["higher_is_better"] else -1
