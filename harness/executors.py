@@ -66,30 +66,36 @@ class Joblib(Executor):
     is recorded `failed` and the sweep goes on in parallel."""
 
     name = "joblib"
-    THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+    GIVE_UP = 3   # runs that kill their worker alone before any run has finished: the workers cannot work
 
     def __init__(self, jobs: int, threads: int):
         self.concurrent, self.threads = jobs, threads
 
     def run(self, configs, out, options):
         options = {**options, "progress": False, "executor": self.describe()}
-        pending, suspects = list(configs), []
+        pending, suspects, killed, any_finished = list(configs), [], 0, False
         while pending:
             batch = suspects or pending
-            workers = 1 if suspects else self.concurrent
+            workers = 1 if suspects else min(self.concurrent, len(batch))
             finished, broken = yield from self._round(batch, workers, out, options)
             pending = [c for c in pending if id(c) not in finished]
             suspects = [c for c in suspects if id(c) not in finished]
+            any_finished = any_finished or bool(finished)
             if broken is None:
                 suspects = []
             elif workers == 1:     # alone, the first unfinished run was the one running: it killed its worker
                 culprit = next(c for c in batch if id(c) not in finished)
-                record = runner.failed_record(culprit, f"worker process died: {broken}", self.describe())
+                killed += 1
+                if killed == self.GIVE_UP and not any_finished:   # the workers, not the runs: stop, say why
+                    raise RuntimeError(f"{killed} runs killed their worker process alone and none finished ({broken})")
+                record = runner.failed_record(culprit, f"worker process died ({broken})", self.describe())
                 store.save(out, record)
                 yield record
                 pending = [c for c in pending if c is not culprit]
                 suspects = []
-            else:                  # loky runs in submission order: the first `workers` unfinished were in flight
+            else:                  # loky starts runs in submission order: the first `workers` unfinished were in flight
                 suspects = pending[:workers]
 
     def _round(self, batch, workers, out, options):
@@ -105,15 +111,21 @@ class Joblib(Executor):
                 try:
                     record = future.result()
                 except BrokenProcessPool as exc:
-                    broken = broken or " ".join(str(exc).split()) or type(exc).__name__
                     record = store.load(out, cfg.key())      # it may have finished just before the break
                     if not (record and record.get("status") == "ok"):
+                        broken = broken or _death(exc)
                         continue
                 finished.add(id(cfg))
                 yield record
         finally:  # Ctrl-C included: no worker is left running unsupervised
             pool.shutdown(wait=False, kill_workers=True)
         return finished, broken
+
+
+def _death(exc: Exception) -> str:
+    """loky's paragraph about a dead worker, cut to its exit codes."""
+    codes = re.search(r"exit codes of the workers are (\{.*?\})", str(exc))
+    return f"exit codes {codes.group(1)}" if codes else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class Slurm(Executor):

@@ -266,7 +266,7 @@ def per_seed(records: list[dict]) -> pd.DataFrame:
         if row["status"] == "ok" and curve:
             sign = 1 if row["higher_is_better"] else -1
             best = max(curve, key=lambda p: sign * p["score"])
-            worst = max(curve, key=lambda p: p["test_loss"])
+            worst = max(curve, key=lambda p: p["test_loss"] if np.isfinite(p["test_loss"]) else np.inf)
             out |= {"final": r["final"]["score"], "final_loss": r["final"]["test_loss"], "best": best["score"],
                     "best_at": best["sequences"], "peak_loss": worst["test_loss"], "peak_loss_at": worst["sequences"]}
         rows.append(out)

@@ -256,6 +256,17 @@ def test_a_killed_job_is_recorded_failed_and_the_others_finish(tmp_path, capsys,
     assert "to run (2):" in capsys.readouterr().out                  # the killed runs are retried next time
 
 
+@pytest.mark.slow
+def test_joblib_stops_with_the_reason_when_every_worker_dies(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--methods", f"{NOISY}[mode=die]", *TINY[:6], "--seeds", "4", *TINY[8:], "--executor", "joblib",
+            "-j", "2", "--out", str(out)]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "3 runs killed their worker process alone and none finished" in err and "SIGKILL" in err
+    assert not [r for r in records(out).values() if r["status"] == "ok"]
+
+
 @pytest.mark.parametrize("sig,backend", [
     (signal.SIGTERM, []), pytest.param(signal.SIGINT, [], marks=pytest.mark.slow),
     pytest.param(signal.SIGTERM, ["--executor", "joblib", "-j", "2"], marks=pytest.mark.slow),
