@@ -1,8 +1,9 @@
 """Training checkpoints: everything a run needs to continue as if it had never stopped.
 
 A checkpoint holds the model, the optimizer, the method's own state (`Method.state_dict`), the
-random states (the method's generator, torch's global one and, on CUDA, the device's), the step
-reached and the part of the record built so far. It lives under `<out>/checkpoints/<hash>.pt`, is written atomically
+random states (the method's generator and torch's global CPU one; not a CUDA device's, so a method
+must draw its randomness from the generator it is given), the step reached and the part of the
+record built so far. It lives under `<out>/checkpoints/<hash>.pt`, is written atomically
 (temporary file, then rename) so a kill during the write leaves the previous one intact, and is
 removed when the run's record is written. The training batches are not stored: their stream is
 replayed from its seed up to the step reached, which gives the same batches.
