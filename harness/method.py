@@ -7,8 +7,8 @@ when it updates more than once per sequence, `train_step`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -30,6 +30,21 @@ class RunSpec:
     num_steps: int        # L of a training sequence
     batch_size: int
     dtype: torch.dtype = torch.float32
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A configuration where a method's gradient must equal the reference gradient (full BPTT through
+    the method's own network): the conformance suite checks each one in float64 (relative error
+    below 1e-10) on tiny networks. Every deterministic method is also checked on a one-step
+    sequence without declaring it."""
+
+    why: str                                   # one line: why the gradient is exact here
+    params: dict = field(default_factory=dict)  # the method's hyperparameters in this regime
+    cells: tuple[str, ...] | None = None       # None: every cell the method supports
+    num_steps: int | None = None               # L of the test sequence; None: the suite's default
+    # makes the (tiny, float64) network fit the regime in place, e.g. zero or diagonal W_hh
+    prepare: Callable[[Network], None] | None = None
 
 
 class Updater:
@@ -63,6 +78,8 @@ class Method:
     credit_by_lag: ClassVar[str | None] = "autograd"
     # hyperparameter sets the conformance suite runs (tests/test_conformance.py), e.g. a short window
     test_params: ClassVar[list[dict]] = [{}]
+    # where the gradient must be exact (tbptt with k >= L, snap1 with diagonal W_hh, ...); see Regime
+    exact_regimes: ClassVar[list[Regime]] = []
 
     def __init__(self, **params: Any):
         if self.gradient_kind not in GRADIENT_KINDS:
@@ -92,6 +109,17 @@ class Method:
         loss, grads = self.gradient(net, batch, rng)
         updater.apply(grads)
         return loss
+
+    def reference(self) -> tuple[str, dict]:
+        """(method name, hyperparameters) of the exact method whose training trajectory supplies the
+        shared parameters at which every method's gradient fidelity is measured (DESIGN.md): full
+        BPTT through this method's own network. Default: bptt; SAB's network: sab_bptt."""
+        return "bptt", {}
+
+    def diagnostics(self, net: Network, batch: Batch) -> dict[str, float]:
+        """Extra figures recorded at every evaluation (on a held-out batch, no gradient needed unless
+        the method computes one), e.g. SAB's attention entropy; plotted when present. Default none."""
+        return {}
 
     def state_bytes(self) -> int:
         """Bytes of carried state outside autograd at its largest during the last step."""

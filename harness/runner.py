@@ -176,9 +176,13 @@ def train(cfg: RunConfig, progress: bool = False, checkpoint_every: int | None =
     def checkpoint(step):
         if step % eval_every == 0 or step == cfg.steps:
             test_loss, score = evaluate(net, test_batches)
-            record["curve"].append({"step": step, "sequences": step * cfg.batch, "updates": updater.updates,
-                                    "wall_s": wall, "train_loss": float(np.mean(losses)) if losses else None,
-                                    "test_loss": test_loss, "score": score})
+            point = {"step": step, "sequences": step * cfg.batch, "updates": updater.updates,
+                     "wall_s": wall, "train_loss": float(np.mean(losses)) if losses else None,
+                     "test_loss": test_loss, "score": score}
+            extra = method.diagnostics(net, test_batches[0])   # the method's own curves (SAB's attention)
+            if extra:
+                point["diagnostics"] = {k: float(v) for k, v in extra.items()}
+            record["curve"].append(point)
             losses.clear()
         if step in fid_steps:
             record["fidelity"].append({"step": step, **fidelity.measure(method, net, fid_batch, cfg.seed,

@@ -53,7 +53,7 @@ steps t with (t + 1) % k_trunc == 0 (counting from 0); readout on [h; r].
 import torch
 
 from harness.config import Param, positive_int
-from harness.method import Method, grads_of
+from harness.method import Method, Regime, grads_of
 from harness.models import make_cell, run
 
 from ._sab_network import SCORERS, SABNetwork
@@ -98,6 +98,11 @@ class SAB(Method):
     }
     test_params = [{}, {"k_trunc": 2, "k_top": 1, "k_att": 1}, {"k_trunc": 3, "k_top": 2, "k_att": 1, "scorer": "mlp"},
                    {"variant": "released", "k_trunc": 2, "k_top": 2, "k_att": 1}]
+    # the conformance suite's sequences have L = 23 steps
+    exact_regimes = [Regime("k_trunc >= L: no cut, full BPTT through the SAB network", {"k_trunc": 30}),
+                     Regime("k_trunc >= L, mlp scorer", {"k_trunc": 30, "k_top": 2, "k_att": 1, "scorer": "mlp"}),
+                     Regime("k_trunc >= L, released variant", {"k_trunc": 30, "k_top": 2, "k_att": 1,
+                                                               "variant": "released"})]
 
     def validate(self):
         self._state_bytes = 0
@@ -106,6 +111,10 @@ class SAB(Method):
         cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
         scorer = self.scorer or ("separable" if self.variant == "released" else "bilinear")
         return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store)
+
+    def reference(self):
+        """Shared parameters come from the SAB network trained by full BPTT (sab_bptt)."""
+        return "sab_bptt", {k: v for k, v in self.params.items() if k != "k_trunc"}
 
     def forward(self, net, batch):
         return sab_forward(net, batch.x, self.k_trunc, self.variant)
@@ -128,6 +137,7 @@ class SABBPTT(SAB):
     gradient_kind = "exact"
     hyperparameters = {k: v for k, v in SAB.hyperparameters.items() if k != "k_trunc"}
     test_params = [{}, {"k_top": 1, "k_att": 1}, {"variant": "released", "k_top": 2, "k_att": 1}]
+    exact_regimes = []   # exact everywhere (gradient_kind); SAB's regimes name k_trunc
 
     def validate(self):
         self.k_trunc = None

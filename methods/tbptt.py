@@ -15,7 +15,7 @@ The estimate at fixed parameters is the sum of the window gradients with no upda
 import torch
 
 from harness.config import ConfigError, Param, positive_int
-from harness.method import Method, grads_of, tensor_bytes
+from harness.method import Method, Regime, grads_of, tensor_bytes
 from harness.models import detach, run
 
 
@@ -34,6 +34,10 @@ class TBPTT(Method):
     }
 
     test_params = [{}, {"k": 2}, {"k1": 2, "k2": 3}, {"k": 3, "update": "sequence"}]
+    # the conformance suite's sequences have L = 23 steps
+    exact_regimes = [Regime("k >= L: one window is the whole sequence", {"k": 30}),
+                     Regime("k >= L, update=sequence: no cut", {"k": 30, "update": "sequence"}),
+                     Regime("k2 >= L: every window reaches back to the start", {"k1": 2, "k2": 30})]
 
     def validate(self):
         self.k1 = self.k1 or self.k

@@ -3,6 +3,7 @@
 A method that does not support a cell must refuse it in `check` with a one-line ConfigError.
 """
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from harness.config import ConfigError
 from harness.fidelity import flat, reference_gradient
-from harness.method import GRADIENT_KINDS, Updater
+from harness.method import GRADIENT_KINDS, Regime, Updater
 from harness.registry import METHODS, TASKS
 from harness.runner import RunConfig, train
 from conftest import build, tiny_batch
@@ -114,3 +115,41 @@ def test_tiny_end_to_end_run_on_every_task(name, params, task_name, tmp_path):
         assert all(s >= 0 for s in scores)
     if METHODS.get(name).gradient_kind == "exact":
         assert all(f["rel_error"] < 1e-10 for f in record["fidelity"])
+
+
+def _regime_cases():
+    cases = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        if cls.gradient_kind != "stochastic":   # one step: no past to approximate
+            cases.append((name, Regime("one-step sequence", num_steps=1)))
+        cases.extend((name, regime) for regime in cls.exact_regimes)
+    return cases
+
+
+REGIMES = _regime_cases()
+
+
+def _prefix(batch, n):
+    """The first n steps of a batch (copy with loss_on=all: every prefix has loss terms)."""
+    return dataclasses.replace(batch, x=batch.x[:n], y=batch.y[:n], mask=batch.mask[:n],
+                               score_mask=batch.score_mask[:n])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("name,regime", REGIMES, ids=[f"{n}-{r.why}" for n, r in REGIMES])
+def test_exact_in_declared_regimes(name, regime, cell):
+    """Every method equals the reference gradient where it declares it must (float64, < 1e-10)."""
+    if regime.cells is not None and cell not in regime.cells:
+        pytest.skip(f"{name}: regime '{regime.why}' is for {', '.join(regime.cells)}")
+    method, net, batch = make(name, regime.params, cell)
+    if regime.num_steps is not None:
+        batch = _prefix(batch, regime.num_steps)
+    if regime.prepare is not None:
+        with torch.no_grad():
+            regime.prepare(net)
+    _, grads = method.gradient(net, batch, torch.Generator().manual_seed(0))
+    ref = flat(reference_gradient(net, batch))
+    assert ref.norm() > 0
+    err = ((flat(grads) - ref).norm() / ref.norm()).item()
+    assert err < 1e-10, f"{name} {regime.params} ({regime.why}) on {cell}: relative error {err:.2e}"
