@@ -3,6 +3,7 @@ what is not done yet with the chosen executor, write the tables."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
@@ -81,6 +82,10 @@ def make_parser() -> Parser:
                    help="checkpoints where gradient fidelity is measured (step 0 and the end included)")
     p.add_argument("--grad-samples", type=positive, default=16,
                    help="K draws per checkpoint for the bias and variance of stochastic methods")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not add the reference runs (bptt, sab_bptt, ...) whose trajectories supply the shared "
+                        "parameters of the fidelity columns; runs whose reference is not in the sweep then have "
+                        "only their own-parameter figures (_own)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -199,32 +204,55 @@ def build_configs(args) -> list[runner.RunConfig]:
         if key not in seen:
             cfg.validate()
             seen.add(key)
+    if not getattr(args, "no_reference", False):
+        # the reference trajectories first: the runs that need one then measure at its checkpoints as they end
+        configs = references(configs) + configs
     unique = {}
     for cfg in configs:  # a grid may name one run twice (a default written out): run it once
         unique.setdefault(cfg.key(), cfg)
     return list(unique.values())
 
 
-def describe(cfg: runner.RunConfig) -> str:
+def references(configs: list[runner.RunConfig]) -> list[runner.RunConfig]:
+    """The reference runs (Method.reference(): bptt, sab_bptt, ...) that `configs` need, validated."""
+    refs, checked = {}, set()
+    for cfg in configs:
+        ref = runner.reference_config(cfg)
+        key = ref.key()
+        if key not in refs:
+            what = (ref.method, str(ref.method_params), ref.task, str(ref.task_params), ref.seq_len, ref.batch)
+            if what not in checked:
+                ref.validate()
+                checked.add(what)
+            refs[key] = ref
+    return list(refs.values())
+
+
+def describe(cfg: runner.RunConfig, role: str = "") -> str:
     params = ",".join(f"{k}={v}" for k, v in cfg.method_params.items())
     tparams = ",".join(f"{k}={v}" for k, v in cfg.task_params.items())
     tuned = " ".join(f"{k}={getattr(cfg, k)}" for k in tuning.TUNABLE)
     return (f"{cfg.key()}  {cfg.method}{f'[{params}]' if params else ''} {cfg.task}{f'[{tparams}]' if tparams else ''}"
-            f" T={cfg.seq_len} seed={cfg.seed} {tuned}")
+            f" T={cfg.seq_len} seed={cfg.seed} {tuned}{role}")
 
 
-def dry_run(todo, done) -> None:
-    print(f"to run ({len(todo)}):")
+def dry_run(todo, done, refs: set[str] = frozenset()) -> None:
+    """The runs to execute and those already done; reference trajectories marked as such."""
+    def role(cfg):
+        return "  (reference trajectory)" if cfg.key() in refs else ""
+    n = sum(c.key() in refs for c in todo)
+    print(f"to run ({len(todo)}):" + (f" {n} of them reference trajectories for the shared-parameter fidelity"
+                                      if n else ""))
     for cfg in todo:
-        print(f"  {describe(cfg)}")
+        print(f"  {describe(cfg, role(cfg))}")
     print(f"already done ({len(done)}):")
     for cfg in done:
-        print(f"  {describe(cfg)}")
+        print(f"  {describe(cfg, role(cfg))}")
 
 
 def finish(out: Path, records: list[dict]) -> str:
     """Everything written from records: the tables (and the report). Used after a sweep and by --collect."""
-    records = [r for r in records if r]
+    records = store.newest([r for r in records if r])   # one record per run, before tuning averages seeds
     chosen, candidates = tuning.select(records)
     if len(candidates):
         store.write_atomic(Path(out) / "tuning.csv", candidates.to_csv(index=False))
@@ -261,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         return error(exc)
 
     if args.collect:
-        records = store.load_all(out) if configs is None else [store.load(out, c.key()) for c in configs]
+        everything = store.load_all(out)
+        records = everything if configs is None else select(everything, configs)
         if not any(records):
-            return error(f"no records in '{out / 'runs'}' to collect")
+            return error(f"no records in '{out / 'runs'}' to collect" if not everything
+                         else nothing_matches(args, configs, everything))
         print(finish(out, records))
         print(f"\ntables: {out / 'summary.md'}, summary.csv, summary.tex")
         return 0
@@ -272,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     done_keys = {c.key() for c in done}
     todo = [c for c in configs if c.key() not in done_keys]
     if args.dry_run:
-        dry_run(todo, done)
+        refs = set() if args.no_reference else {r.key() for r in references(configs)}
+        dry_run(todo, done, refs)
         return 0
 
     previous = signal.signal(signal.SIGTERM, interrupt) if threading_main() else None
@@ -295,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
+    shared = runner.fidelity_pass(configs, out, progress=not args.quiet)
     records = [store.load(out, c.key()) for c in configs]
     print(finish(out, records))
     print(f"\nrecords: {out / 'runs'}; tables: {out / 'summary.md'}, summary.csv, summary.tex")
@@ -302,11 +334,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to run: all {len(configs)} runs were already done (--force reruns them)")
     else:
         print(f"ran {len(todo)} of {len(configs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if shared["measured"]:
+        print(f"shared-parameter fidelity measured after the sweep for {shared['measured']} runs whose reference "
+              f"trajectory finished after them")
+    if shared["waiting"]:
+        print(f"{shared['waiting']} runs have no shared-parameter fidelity: their reference trajectory is not "
+              f"finished in {out / 'runs'}" + (" (--no-reference)" if args.no_reference else "")
+              + "; their own-parameter figures (_own) are in the tables", file=sys.stderr)
     failed = [r for r in records if r and r.get("status") != "ok"]
     for r in failed:
         print(f"{r['status']}: {r.get('method_label', r['config']['method'])} on {r['config']['task']} "
               f"seed {r['config']['seed']}: {r.get('error', '')}", file=sys.stderr)
     return 0
+
+
+def select(records: list[dict], configs: list[runner.RunConfig]) -> list[dict]:
+    """The records of the selected runs, matched by what the run is (its identity: method name and
+    hyperparameters, task, model, training options, seed), not by the code that made it; the tables
+    then keep the newest of each."""
+    wanted = {store.identity_of(c.identity()) for c in configs}
+    return [r for r in records if store.identity(r) in wanted]
+
+
+def nothing_matches(args, configs: list[runner.RunConfig], records: list[dict]) -> str:
+    """Why --collect with a selection found nothing: the selection's values that no record has,
+    saying which were filled in by default."""
+    parser = make_parser()
+    have = [store.identity_dict(r) for r in records]
+    wanted = [c.identity() for c in configs]
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+    reasons = []
+    for key in wanted[0]:
+        values = {json.dumps(w[key], sort_keys=True, default=str) for w in wanted}
+        present = {json.dumps(h.get(key), sort_keys=True, default=str) for h in have}
+        if values & present:
+            continue
+        dest = {"method_params": "methods", "method": "methods", "task_params": "tasks", "task": "tasks",
+                "seed": "seeds"}.get(key, key)
+        given = getattr(args, dest, None)
+        default = parser.get_default(dest)
+        how = " (the default)" if given == default or (given is None and default is None) else ""
+        shown = sorted(values)[:3]
+        reasons.append(f"{flags.get(dest, key)}: {key} {', '.join(shown)}{how}, records have "
+                       f"{', '.join(sorted(present)[:4])}")
+    detail = "; ".join(reasons) if reasons else "no single option differs from every record: a combination does"
+    return (f"no record in '{store.runs_dir(args.out)}' matches the selection ({len(records)} records there); {detail}")
 
 
 def threading_main() -> bool:

@@ -88,24 +88,39 @@ def stochastic_figures(samples: torch.Tensor, ref: torch.Tensor, n_boot: int = 1
 
 
 def measure(method, net: Network, batch: Batch, seed: int, samples: int) -> dict:
-    """Fidelity of `method` on `batch` at the network's current parameters."""
+    """Fidelity of `method` on `batch` at the network's current parameters: cosines, relative
+    error, the norms |g*| (`exact_grad_norm`) and |g| (`grad_norm`, for a stochastic method the mean
+    norm of one draw, the size of the step an optimizer sees) and their ratio, and for stochastic
+    methods bias and variance over `samples` draws. A non-finite reference or estimate gives no
+    angles, only `nonfinite` naming which ("reference" or "estimate")."""
     names = [n for n, _ in net.named_parameters()]
     ref = reference_gradient(net, batch)
+    r = flat(ref)
+    if not torch.isfinite(r).all():
+        return {"nonfinite": "reference", "exact_grad_norm": None, "grad_norm": None, "grad_norm_ratio": None}
     K = samples if method.gradient_kind == "stochastic" else 1
     draws, per = [], []
     for k in range(K):
         rng = torch.Generator().manual_seed(stream_seed(seed * 100_003 + k, "method"))
         _, grads = method.gradient(net, batch, rng)
+        g = flat(grads)
+        if not torch.isfinite(g).all():
+            return {"nonfinite": "estimate", "exact_grad_norm": float(r.norm()), "grad_norm": None,
+                    "grad_norm_ratio": None}
         per.append(compare(grads, ref, names, net.recurrent_parameter_names()))
-        draws.append(flat(grads))
+        draws.append(g)
     result = per[0]
     if K > 1:
         mean_of = lambda key: _mean([p[key] for p in per])
         result = {"cosine": mean_of("cosine"), "cosine_recurrent": mean_of("cosine_recurrent"),
                   "rel_error": mean_of("rel_error"),
                   "groups": {n: {"cosine": _mean([p["groups"][n]["cosine"] for p in per])} for n in names}}
-        result.update(stochastic_figures(torch.stack(draws), flat(ref), seed=seed))
-    result["ref_norm"] = float(flat(ref).norm())
+        result.update(stochastic_figures(torch.stack(draws), r, seed=seed))
+    exact = float(r.norm())
+    estimate = float(np.mean([float(d.norm()) for d in draws]))
+    for n, g_star in zip(names, ref):   # per parameter: how large the exact gradient is there
+        result["groups"][n]["exact_grad_norm"] = float(g_star.detach().double().norm())
+    result.update(exact_grad_norm=exact, grad_norm=estimate, grad_norm_ratio=estimate / exact if exact else None)
     return result
 
 

@@ -48,23 +48,37 @@ class Regime:
 
 
 class Updater:
-    """Applies one parameter update: gradient-norm clipping, then the optimizer."""
+    """Applies one parameter update: gradient-norm clipping, then the optimizer. Keeps the
+    pre-clip norm of every update's gradient (`take_norms`), so a run can report how often
+    clipping acted and how large the gradients it trained on were."""
 
     def __init__(self, net: Network, optimizer: torch.optim.Optimizer, clip: float | None):
         self.params = [p for p in net.parameters()]
         self.optimizer, self.clip = optimizer, clip
         self.updates = 0
+        self.norms: list[torch.Tensor] = []
 
     def apply(self, grads: Sequence[torch.Tensor] | None = None) -> None:
         """Update from `grads` (aligned with the network's parameters) or from `.grad`."""
         if grads is not None:
             for p, g in zip(self.params, grads):
                 p.grad = g
+        present = [p.grad for p in self.params if p.grad is not None]
+        # what clip_grad_norm_ does, in its two halves, so the norm is there with or without clipping;
+        # kept as a tensor: reading it here would synchronise a GPU at every update
+        norm = torch.nn.utils.get_total_norm(present) if present else torch.zeros(())
         if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.clip, norm)
+        self.norms.append(norm.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
+
+    def take_norms(self) -> torch.Tensor:
+        """The pre-clip gradient norms of the updates since the last call (float64, on the CPU)."""
+        norms = torch.stack(self.norms).double().cpu() if self.norms else torch.zeros(0, dtype=torch.float64)
+        self.norms = []
+        return norms
 
 
 class Method:

@@ -390,7 +390,7 @@ def write(out_dir: Path, records: list[dict] | None = None) -> Path:
         records = sorted(store.load_all(out_dir), key=lambda r: (
             r["config"]["task"], str(r["config"].get("task_params")), r["config"]["seq_len"], r["config"]["method"],
             str(sorted(r["config"]["method_params"].items())), r["config"]["seed"]))
-    records = [r for r in records if r]
+    records = store.newest([r for r in records if r])   # each run once: its newest record
     table = summary.summarise(records)
     md_table = summary.write(table, out_dir)
     (out_dir / FIGURES).mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 HARNESS = Path(__file__).resolve().parent
 # Code whose change changes a result; editing tables, plots or the command line does not rerun.
-MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "runner.py", "credit.py"]
+MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "runner.py", "credit.py",
+             "trajectory.py"]
 
 
 def source_hash(*classes) -> str:
@@ -92,3 +93,41 @@ def load_all(out: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+# --- run identity ----------------------------------------------------------------------------
+def method_name(record: dict) -> str:
+    """The method's registered name (the record's config may hold the file path it was loaded from)."""
+    label = record.get("method_label")
+    return label.split("[", 1)[0] if label else str(record["config"]["method"])
+
+
+def identity_dict(record: dict) -> dict:
+    return {**record["config"], "method": method_name(record)}
+
+
+def identity_of(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def identity(record: dict) -> str:
+    """What the run is: method name and hyperparameters, task and its parameters, model, training
+    options and seed. Not the code: records of one identity made by different code are versions
+    of one run, and the newest is the current one."""
+    return identity_of(identity_dict(record))
+
+
+def newest(records: list[dict]) -> list[dict]:
+    """One record per identity: the newest (by when it finished). Each kept record carries
+    `stale_ignored`, the number of older records of the same run left out (in memory only)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if r:
+            groups.setdefault(identity(r), []).append(r)
+    kept = []
+    for group in groups.values():
+        group.sort(key=lambda r: (str(r.get("finished") or ""), str(r.get("started") or ""), r.get("hash", "")))
+        latest = group[-1]
+        stale = sum(r.get("stale_ignored", 0) for r in group) + len(group) - 1
+        kept.append({**latest, "stale_ignored": stale} if stale else latest)
+    return kept

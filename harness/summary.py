@@ -6,25 +6,76 @@ summary.tex (LaTeX booktabs), and printed to the terminal.
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import stats
+from . import stats, store
 from .store import write_atomic
 
-GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden"]
-# rows compared with each other by the test against the best: same task, horizon and model
+GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden", "options"]
+# rows compared with each other by the test against the best: same task, horizon, model and training options
 PEERS = [c for c in GROUP if c not in ("method", "params")]
-COLUMNS = GROUP + ["tuned", "n_params", "seeds", "failed", "metric", "score_mean", "score_std", "score_ci_low",
-                   "score_ci_high", "solved_threshold", "solved_frac", "sequences_to_solve_median",
+# gradient figures aggregated over seeds as median, min and max (never a mean: it hides a sign flip)
+SPREAD = ["grad_cosine_recurrent", "exact_grad_norm", "grad_norm_ratio", "grad_cosine_recurrent_init", "grad_cosine",
+          "grad_cosine_recurrent_own", "exact_grad_norm_own", "grad_norm_ratio_own"]
+# aggregated as the median over seeds
+MEDIAN = ["grad_rel_error", "grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance", "grad_cosine_own",
+          "grad_rel_error_own", "clipped_fraction", "grad_norm_median", "reference_score"]
+FIDELITY = ["reference", "reference_solved", "reference_score", "fidelity_seeds",
+            *[c + suffix for c in SPREAD[:5] for suffix in ("", "_min", "_max")], "grad_cosine_recurrent_seeds",
+            "grad_rel_error", "grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance",
+            *[c + suffix for c in SPREAD[5:] for suffix in ("", "_min", "_max")], "grad_cosine_recurrent_own_seeds",
+            "grad_cosine_own", "grad_rel_error_own", "clipped_fraction", "grad_norm_median"]
+COLUMNS = GROUP + ["tuned", "n_params", "seeds", "failed", "diverged", "stale", "metric", "score_mean", "score_std",
+                   "score_ci_low", "score_ci_high", "solved_threshold", "solved_frac", "sequences_to_solve_median",
                    "higher_is_better", "best", "p_vs_best", "differs_from_best", "no_test_reason", "chance",
                    "time_ms_per_step", "time_ms_per_update", "updates_per_step", "saved_bytes", "state_bytes",
-                   "cuda_peak_bytes", "grad_cosine", "grad_cosine_recurrent", "grad_rel_error",
-                   "grad_cosine_recurrent_init", "grad_rel_bias", "grad_rel_bias_se", "grad_rel_variance",
-                   "threads", "device", "concurrent"]
+                   "cuda_peak_bytes", *FIDELITY, "threads", "device", "concurrent"]
+# configuration fields that are not columns of their own: shown in `options` when records differ in them
+_NOT_OPTIONS = {"method", "method_params", "task", "task_params", "seq_len", "eval_seq_len", "cell", "hidden", "seed"}
+
+
+def status(r: dict) -> str | None:
+    """The record's status; a record written `ok` with a non-finite final score (before divergence
+    was checked after the last update) counts as diverged."""
+    final = (r.get("final") or {}).get("score")
+    if r.get("status") == "ok" and not (isinstance(final, (int, float)) and np.isfinite(final)):
+        return "diverged"
+    return r.get("status")
+
+
+def _at_end(entries, steps) -> dict:
+    return entries[-1] if entries and entries[-1].get("step") == steps else {}
+
+
+def fidelity_figures(r: dict) -> dict:
+    """The fidelity columns of one record: at the shared parameters of its reference trajectory
+    (`fidelity`) and at its own (`_own`); at the end of training, and at step 0 (`_init`). Records
+    made before shared parameters (no `fidelity_reference`) hold own-parameter figures only."""
+    steps = r["config"]["steps"]
+    info = r.get("fidelity_reference")
+    shared = r.get("fidelity") if info and "fidelity" in r else []
+    own = r.get("fidelity_own") if "fidelity_own" in r else ([] if info else r.get("fidelity") or [])
+    last, first, mine = _at_end(shared, steps), (shared[0] if shared and shared[0].get("step") == 0 else {}), \
+        _at_end(own, steps)
+    exact = last.get("exact_grad_norm")
+    return {"reference": (info or {}).get("label"), "reference_solved": last.get("reference_solved"),
+            "reference_score": last.get("reference_score"),
+            "grad_cosine_recurrent": last.get("cosine_recurrent"), "grad_cosine": last.get("cosine"),
+            "grad_rel_error": last.get("rel_error"), "exact_grad_norm": exact,
+            "grad_norm_ratio": last.get("grad_norm_ratio"),
+            "grad_cosine_recurrent_init": first.get("cosine_recurrent"),
+            "grad_rel_bias": last.get("rel_bias"), "grad_rel_bias_se": last.get("rel_bias_se"),
+            "grad_rel_variance": last.get("rel_variance"),
+            "grad_cosine_recurrent_own": mine.get("cosine_recurrent"), "grad_cosine_own": mine.get("cosine"),
+            "grad_rel_error_own": mine.get("rel_error"),
+            "exact_grad_norm_own": mine.get("exact_grad_norm", mine.get("ref_norm")),
+            "grad_norm_ratio_own": mine.get("grad_norm_ratio")}
 
 
 def record_row(r: dict) -> dict:
@@ -36,27 +87,34 @@ def record_row(r: dict) -> dict:
            "task": cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
                                   if cfg.get("task_params") else ""),
            "seq_len": cfg["seq_len"], "eval_seq_len": cfg.get("eval_seq_len") or cfg["seq_len"],
-           "cell": cfg["cell"], "hidden": cfg["hidden"], "seed": cfg["seed"], "status": r.get("status"),
+           "cell": cfg["cell"], "hidden": cfg["hidden"], "seed": cfg["seed"], "status": status(r),
            "n_params": r.get("n_params"), "metric": r.get("metric"), "chance": r.get("chance"),
            "threads": cfg.get("threads"), "device": cfg.get("device"), "tuned": r.get("tuned", ""),
-           "concurrent": (r.get("executor") or {}).get("concurrent", 1)}
-    if r.get("status") != "ok":
+           "concurrent": (r.get("executor") or {}).get("concurrent", 1), "stale": r.get("stale_ignored", 0)}
+    if row["status"] != "ok":
         return row
     threshold, higher = _threshold(r), r.get("higher_is_better", True)
     row.update(solved_threshold=threshold, higher_is_better=higher,
                solved=stats.reached(r["final"]["score"], threshold, higher) if threshold is not None else None,
                sequences_to_solve=stats.sequences_to_solve(r.get("curve", []), threshold, higher))
-    time_, mem = r.get("time", {}), r.get("memory", {})
-    fid = r.get("fidelity") or [{}]
-    last, first = fid[-1], fid[0]
+    time_, mem, training = r.get("time", {}), r.get("memory", {}), r.get("training") or {}
     row.update(score=r["final"]["score"], time_ms_per_step=time_.get("ms_per_step"),
                time_ms_per_update=time_.get("ms_per_update"), updates_per_step=time_.get("updates_per_step"),
                saved_bytes=mem.get("saved_bytes"), state_bytes=mem.get("state_bytes"),
-               cuda_peak_bytes=mem.get("cuda_peak_bytes"), grad_cosine=last.get("cosine"),
-               grad_cosine_recurrent=last.get("cosine_recurrent"), grad_rel_error=last.get("rel_error"),
-               grad_cosine_recurrent_init=first.get("cosine_recurrent"), grad_rel_bias=last.get("rel_bias"),
-               grad_rel_bias_se=last.get("rel_bias_se"), grad_rel_variance=last.get("rel_variance"))
+               cuda_peak_bytes=mem.get("cuda_peak_bytes"), clipped_fraction=training.get("clipped_fraction"),
+               grad_norm_median=training.get("grad_norm_median"), **fidelity_figures(r))
     return row
+
+
+def options(records: list[dict]) -> list[str]:
+    """For each record, the training options (steps, dtype, ...) in which the records differ, so that
+    runs with different options are different rows; tuned options are in `tuned` instead."""
+    from .tuning import TUNABLE
+    configs = [r["config"] for r in records]
+    varying = sorted(k for k in {k for c in configs for k in c} - _NOT_OPTIONS
+                     if len({json.dumps(c.get(k), default=str) for c in configs}) > 1)
+    return [",".join(f"{k}={c.get(k)}" for k in varying if not (k in TUNABLE and r.get("tuned")))
+            for r, c in zip(records, configs)]
 
 
 def _threshold(r: dict) -> float | None:
@@ -75,22 +133,39 @@ def _declared_threshold(task: str) -> float | None:
 
 
 def _mean(s: pd.Series):
-    s = pd.to_numeric(s, errors="coerce").dropna()
-    return float(s.mean()) if len(s) else np.nan
+    """The mean over seeds, NaN unless every seed has a finite value: a mean never silently drops a
+    seed (diverged runs are not among these rows: they are counted apart)."""
+    s = pd.to_numeric(s, errors="coerce")
+    return float(s.mean()) if len(s) and np.isfinite(s).all() else np.nan
+
+
+def _spread(s: pd.Series) -> tuple[float, float, float]:
+    """(median, min, max) over the seeds that have the figure."""
+    s = pd.to_numeric(s, errors="coerce")
+    s = s[np.isfinite(s)]
+    return (float(s.median()), float(s.min()), float(s.max())) if len(s) else (np.nan, np.nan, np.nan)
+
+
+def _per_seed(g: pd.DataFrame, col: str) -> list:
+    return [None if v is None or pd.isna(v) else float(v) for v in g[col]] if col in g else []
 
 
 def summarise(records: list[dict]) -> pd.DataFrame:
-    rows = [record_row(r) for r in records if r]
+    records = store.newest([r for r in records if r])
+    rows = [record_row(r) for r in records]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.DataFrame(rows)
+    df["options"] = options(records)
     out = []
     for key, g in df.groupby(GROUP, sort=False, dropna=False):
         ok = g[g["status"] == "ok"]
         row = dict(zip(GROUP, key))
+        diverged = int((g["status"] == "diverged").sum())
         row.update(n_params=g["n_params"].dropna().iloc[0] if g["n_params"].notna().any() else np.nan,
-                   seeds=len(ok), failed=len(g) - len(ok), metric=g["metric"].dropna().iloc[0]
-                   if g["metric"].notna().any() else "", chance=_mean(g["chance"]),
+                   seeds=len(ok), failed=len(g) - len(ok) - diverged, diverged=diverged,
+                   stale=int(g["stale"].sum()), metric=g["metric"].dropna().iloc[0]
+                   if g["metric"].notna().any() else "", chance=_mean(g["chance"].dropna()),
                    threads=g["threads"].iloc[0], device=g["device"].iloc[0],
                    tuned=next((t for t in g["tuned"] if t), ""), concurrent=g["concurrent"].max())
         if len(ok):
@@ -105,6 +180,18 @@ def summarise(records: list[dict]) -> pd.DataFrame:
                 # over the seeds that solved it (the solved fraction says how many did)
                 row["sequences_to_solve_median"] = stats.median_or_nan(ok.loc[ok["solved"].astype(bool),
                                                                               "sequences_to_solve"])
+            for col in SPREAD:
+                if col in ok:
+                    row[col], row[col + "_min"], row[col + "_max"] = _spread(ok[col])
+            for col in MEDIAN:
+                if col in ok:
+                    row[col] = _spread(ok[col])[0]
+            row["grad_cosine_recurrent_seeds"] = _per_seed(ok, "grad_cosine_recurrent")
+            row["grad_cosine_recurrent_own_seeds"] = _per_seed(ok, "grad_cosine_recurrent_own")
+            row["fidelity_seeds"] = int(pd.to_numeric(ok.get("exact_grad_norm"), errors="coerce").notna().sum())
+            solved = [bool(v) for v in ok.get("reference_solved", []) if v is not None and not pd.isna(v)]
+            row["reference_solved"] = float(np.mean(solved)) if solved else np.nan
+            row["reference"] = ",".join(sorted({v for v in ok.get("reference", []) if isinstance(v, str)}))
             for col in COLUMNS:
                 if col not in row and col in ok:
                     row[col] = _mean(ok[col])
@@ -172,6 +259,20 @@ def _solved(r) -> str:
     return f"{round(r['solved_frac'] * r['seeds'])}/{r['seeds']}"
 
 
+def _seeds(r) -> str:
+    apart = [f"{r[k]} {k}" for k in ("failed", "diverged") if r.get(k)]
+    return f"{r['seeds']}" + (f" ({', '.join(apart)})" if apart else "")
+
+
+def _range(r, col: str, fmt: str) -> str:
+    """Median over seeds, with [min, max] when the seeds differ."""
+    text = _num(r.get(col), fmt)
+    lo, hi = r.get(col + "_min"), r.get(col + "_max")
+    if text and not pd.isna(lo) and lo != hi:
+        text += f" [{_num(lo, fmt)}, {_num(hi, fmt)}]"
+    return text
+
+
 def display(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader compares, formatted; the CSV keeps every raw number."""
     rows = []
@@ -184,15 +285,18 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             "tuned": r["tuned"] if isinstance(r["tuned"], str) else "",
             "task": r["task"], "T": r["seq_len"] if r["eval_seq_len"] == r["seq_len"]
             else f"{r['seq_len']}→{r['eval_seq_len']}",
-            "cell": f"{r['cell']}-{r['hidden']}", "seeds": f"{r['seeds']}" + (f" ({r['failed']} failed)"
-                                                                                  if r["failed"] else ""),
+            "options": r["options"] if isinstance(r["options"], str) else "",
+            "cell": f"{r['cell']}-{r['hidden']}", "seeds": _seeds(r),
             "score": f"{_score(r)} ({r['metric']})" if _score(r) else "", "vs best": _vs_best(r), "chance": _num(r["chance"]),
             "solved": _solved(r), "seqs to solve": _num(r["sequences_to_solve_median"], "{:.0f}"),
             "ms/step": _num(r["time_ms_per_step"], "{:.1f}"), "ms/update": _num(r["time_ms_per_update"], "{:.2f}"),
             "saved": _bytes(r["saved_bytes"]), "state": _bytes(r["state_bytes"]),
-            "cos": _num(r["grad_cosine"], "{:.4f}"), "cos rec": _num(r["grad_cosine_recurrent"], "{:.4f}"),
-            "rel err": _num(r["grad_rel_error"], "{:.2e}"), "rel bias": bias,
-            "rel var": _num(r["grad_rel_variance"], "{:.3g}"),
+            "cos rec": _range(r, "grad_cosine_recurrent", "{:.3f}"), "|g*|": _range(r, "exact_grad_norm", "{:.3g}"),
+            "|g|/|g*|": _range(r, "grad_norm_ratio", "{:.3g}"), "rel err": _num(r["grad_rel_error"], "{:.2e}"),
+            "rel bias": bias, "rel var": _num(r["grad_rel_variance"], "{:.3g}"),
+            "ref": r["reference"] if isinstance(r["reference"], str) else "",
+            "cos rec own": _range(r, "grad_cosine_recurrent_own", "{:.3f}"),
+            "clipped": _num(r["clipped_fraction"], "{:.0%}"),
         })
     shown = pd.DataFrame(rows)   # one "score (metric)" column: a run list may mix accuracy and MSE
     return shown.loc[:, (shown != "").any(axis=0)]
@@ -205,9 +309,12 @@ FOOTNOTE = ("score: mean over seeds on held-out batches at the evaluation horizo
             "threshold ({thresholds}); seqs to solve: median over those seeds of the training sequences "
             "seen at the first evaluation that reached it; "
             "ms/step: median wall-clock per training step after warm-up; saved: peak bytes held by "
-            "autograd during one step; state: the method's carried state; cos, cos rec, rel err: "
-            "gradient fidelity against full BPTT at the end of training (cos rec: recurrent "
-            "parameters only); rel bias, rel var: stochastic methods only.")
+            "autograd during one step; state: the method's carried state; cos rec, |g*|, |g|/|g*|, rel err: "
+            "the method's gradient against the exact one (full BPTT through the same network) at the end of "
+            "the reference trajectory (ref), the same parameters and held-out batch for every method, recurrent "
+            "parameters only for cos rec; median over seeds [min, max]; cos rec own: at the run's own parameters; "
+            "clipped: median fraction of updates whose gradient norm exceeded --clip; rel bias, rel var: "
+            "stochastic methods only.")
 
 
 def footnote(df: pd.DataFrame) -> str:
@@ -230,14 +337,31 @@ PARALLEL_NOTE = ("Warning: some runs were timed while up to {n} runs ran at the 
                  "Time with --executor local (one run after another) to compare speed.")
 
 
+STALE_NOTE = ("{n} older records of runs recorded again (the same method, hyperparameters, task, model, training "
+              "options and seed, e.g. after an edit of the method) were ignored: each run counts once, its newest "
+              "record.")
+DIVERGED_NOTE = ("{n} runs diverged (a non-finite loss, score or gradient; `diverged` in summary.csv): they are "
+                 "counted apart from the seeds and left out of the scores.")
+
+
 def notes(df: pd.DataFrame) -> list[str]:
-    """Footnotes that depend on the records: timings measured in parallel."""
+    """Footnotes that depend on the records: timings measured in parallel, records ignored, divergence."""
+    out = []
     n = pd.to_numeric(df.get("concurrent", pd.Series(dtype=float)), errors="coerce").max()
-    return [PARALLEL_NOTE.format(n=int(n))] if n == n and n > 1 else []
+    if n == n and n > 1:
+        out.append(PARALLEL_NOTE.format(n=int(n)))
+    for col, note in (("stale", STALE_NOTE), ("diverged", DIVERGED_NOTE)):
+        total = int(pd.to_numeric(df.get(col, pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+        if total:
+            out.append(note.format(n=total))
+    return out
 
 
 def write(df: pd.DataFrame, out: Path) -> str:
     out = Path(out)
+    stale = int(pd.to_numeric(df.get("stale", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    if stale:
+        print(f"warning: {STALE_NOTE.format(n=stale)}", file=sys.stderr)
     extra = "".join("\n\n" + note for note in notes(df))
     shown = display(df) if len(df) else pd.DataFrame()
     md = tabulate(shown, headers="keys", tablefmt="github", showindex=False)

@@ -59,9 +59,10 @@ def test_same_seed_same_record(tmp_path):
     curves = []
     for name in ("a", "b"):
         assert main([*args, "--out", str(tmp_path / name)]) == 0
-        (path,) = (tmp_path / name / "runs").glob("*.json")
-        r = json.loads(path.read_text())
-        curves.append(([(c["score"], c["test_loss"], c["train_loss"]) for c in r["curve"]], r["fidelity"]))
+        runs = sorted((tmp_path / name / "runs").glob("*.json"))      # tbptt and its bptt reference trajectory
+        assert len(runs) == 2
+        curves.append([(p.name, [(c["score"], c["test_loss"], c["train_loss"]) for c in r["curve"]], r["fidelity"],
+                        r["fidelity_own"]) for p in runs for r in [json.loads(p.read_text())]])
     assert curves[0] == curves[1]
 
 

@@ -16,8 +16,10 @@ from harness.config import ConfigError, parse_spec_list
 
 ROOT = Path(__file__).resolve().parent.parent
 NOISY = str(ROOT / "tests" / "sweep_helpers" / "noisy.py")
-TINY = ["--tasks", "adding", "--seq-len", "3", "--steps", "3", "--seeds", "1", "--hidden", "3", "--batch", "2",
-        "--eval-batches", "1", "--fidelity-points", "2", "--quiet"]
+TINY_WITH_REFERENCE = ["--tasks", "adding", "--seq-len", "3", "--steps", "3", "--seeds", "1", "--hidden", "3",
+                       "--batch", "2", "--eval-batches", "1", "--fidelity-points", "2", "--quiet"]
+# most sweeps here count runs: without the bptt reference trajectories (tests/test_shared_fidelity.py has those)
+TINY = [*TINY_WITH_REFERENCE, "--no-reference"]
 
 
 def records(out):
@@ -26,8 +28,8 @@ def records(out):
 
 def comparable(r):
     """What must be bitwise equal between two runs of one configuration (not wall-clock times)."""
-    return ([{k: v for k, v in c.items() if k != "wall_s"} for c in r["curve"]], r["fidelity"], r["final"],
-            r["params_sha"], r["status"], r["memory"]["saved_bytes"])
+    return ([{k: v for k, v in c.items() if k != "wall_s"} for c in r["curve"]], r.get("fidelity"), r["fidelity_own"],
+            r["training"], r["final"], r["params_sha"], r["status"], r["memory"]["saved_bytes"])
 
 
 # --- grids ---------------------------------------------------------------------------------------
@@ -63,7 +65,8 @@ def test_grid_size_and_duplicates_on_the_command_line(tmp_path, capsys):
     assert cli.main(["--methods", "tbptt[k=[2,3]],tbptt,tbptt[k=10]", "--tasks", "copy,adding",
                      "--seq-len", "3,4", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "to run (24):" in text and "already done (0):" in text   # 3 methods x 2 tasks x 2 T x 2 seeds
+    # 3 methods x 2 tasks x 2 T x 2 seeds, and the bptt reference trajectory of each task, T and seed
+    assert "to run (32): 8 of them reference trajectories" in text and "already done (0):" in text
     assert not (tmp_path / "runs").exists()
 
 
@@ -175,7 +178,7 @@ def test_bad_sweep_options(tmp_path, capsys, args, message):
 
 
 # --- executors -----------------------------------------------------------------------------------
-GRID = ["--methods", f"tbptt[k=2],{NOISY}", *TINY]
+GRID = ["--methods", f"tbptt[k=2],{NOISY}", *TINY_WITH_REFERENCE]   # and their bptt reference
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,8 @@ def local_sweep(tmp_path_factory):
 ], ids=["submitit-debug", "joblib", "submitit-local"])
 def test_backends_give_the_same_records_as_local(tmp_path, local_sweep, backend):
     local_out, local = local_sweep
-    assert len(local) == 2 and all(r["status"] == "ok" for r in local.values())
+    assert len(local) == 3 and all(r["status"] == "ok" for r in local.values())
+    assert all("fidelity" in r for r in local.values())
     out = tmp_path / "out"
     assert cli.main([*GRID, *backend, "--out", str(out)]) == 0
     recs = records(out)
