@@ -341,7 +341,7 @@ def test_saved_bytes_grow_linearly_not_quadratically():
 
 # --- generalisation to longer test sequences, end to end ----------------------------------------
 def test_eval_on_longer_sequences_through_the_cli(tmp_path):
-    code = cli.main(["--methods", "sab[k_trunc=3,k_top=2,k_att=2],sab_bptt", "--tasks", "copy", "--seq-len", "3",
+    code = cli.main(["--methods", "sab[k_trunc=3,k_top=2,k_att=2],sab_bptt[k_top=2]", "--tasks", "copy", "--seq-len", "3",
                      "--eval-seq-len", "9", "--hidden", "4", "--batch", "2", "--steps", "2", "--seeds", "1",
                      "--eval-batches", "1", "--fidelity-points", "2", "--quiet", "--out", str(tmp_path)])
     assert code == 0
