@@ -268,7 +268,7 @@ def _range(r, col: str, fmt: str) -> str:
     """Median over seeds, with [min, max] when the seeds differ."""
     text = _num(r.get(col), fmt)
     lo, hi = r.get(col + "_min"), r.get(col + "_max")
-    if text and not pd.isna(lo) and lo != hi:
+    if text and not pd.isna(lo) and _num(lo, fmt) != _num(hi, fmt):
         text += f" [{_num(lo, fmt)}, {_num(hi, fmt)}]"
     return text
 
@@ -291,8 +291,8 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
             "solved": _solved(r), "seqs to solve": _num(r["sequences_to_solve_median"], "{:.0f}"),
             "ms/step": _num(r["time_ms_per_step"], "{:.1f}"), "ms/update": _num(r["time_ms_per_update"], "{:.2f}"),
             "saved": _bytes(r["saved_bytes"]), "state": _bytes(r["state_bytes"]),
-            "cos rec": _range(r, "grad_cosine_recurrent", "{:.3f}"), "|g*|": _range(r, "exact_grad_norm", "{:.3g}"),
-            "|g|/|g*|": _range(r, "grad_norm_ratio", "{:.3g}"), "rel err": _num(r["grad_rel_error"], "{:.2e}"),
+            "cos rec": _range(r, "grad_cosine_recurrent", "{:.3f}"), "norm g*": _range(r, "exact_grad_norm", "{:.3g}"),
+            "norm ratio": _range(r, "grad_norm_ratio", "{:.3g}"), "rel err": _num(r["grad_rel_error"], "{:.2e}"),
             "rel bias": bias, "rel var": _num(r["grad_rel_variance"], "{:.3g}"),
             "ref": r["reference"] if isinstance(r["reference"], str) else "",
             "cos rec own": _range(r, "grad_cosine_recurrent_own", "{:.3f}"),
@@ -309,10 +309,11 @@ FOOTNOTE = ("score: mean over seeds on held-out batches at the evaluation horizo
             "threshold ({thresholds}); seqs to solve: median over those seeds of the training sequences "
             "seen at the first evaluation that reached it; "
             "ms/step: median wall-clock per training step after warm-up; saved: peak bytes held by "
-            "autograd during one step; state: the method's carried state; cos rec, |g*|, |g|/|g*|, rel err: "
-            "the method's gradient against the exact one (full BPTT through the same network) at the end of "
-            "the reference trajectory (ref), the same parameters and held-out batch for every method, recurrent "
-            "parameters only for cos rec; median over seeds [min, max]; cos rec own: at the run's own parameters; "
+            "autograd during one step; state: the method's carried state; cos rec, rel err: the method's gradient "
+            "against the exact one g* (full BPTT through the same network) at the end of the reference trajectory "
+            "(ref), the same parameters and held-out batch for every method, recurrent parameters only for cos rec; "
+            "norm g*: the exact gradient's norm there; norm ratio: the estimate's norm over it; median over seeds "
+            "[min, max]; cos rec own: at the run's own parameters; "
             "clipped: median fraction of updates whose gradient norm exceeded --clip; rel bias, rel var: "
             "stochastic methods only.")
 
