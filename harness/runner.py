@@ -305,7 +305,10 @@ def train(cfg: RunConfig, progress: bool = False, checkpoint_every: int | None =
     if out is not None:   # before the record: a finished record means its trajectory is on disk
         trajectory.save(out, cfg.key(), states)
     if record["status"] == "ok":
-        record.update(shared_fidelity(cfg, out, record, states))
+        try:
+            record.update(shared_fidelity(cfg, out, record, states))
+        except Exception as exc:  # noqa: BLE001 - the run itself is finished and ok; the pass after the sweep retries
+            record["fidelity_reference"] = {"pending": True, "error": f"{type(exc).__name__}: {exc}"}
     return record
 
 
