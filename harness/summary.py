@@ -5,7 +5,6 @@ summary.tex (LaTeX booktabs), and printed to the terminal.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -60,18 +59,9 @@ def record_row(r: dict) -> dict:
 
 
 def _threshold(r: dict) -> float | None:
-    """The task's solved threshold from the record; records written before it was stored ask the
-    task class."""
-    return r["solved_threshold"] if "solved_threshold" in r else _declared_threshold(r["config"]["task"])
-
-
-@functools.lru_cache(maxsize=None)
-def _declared_threshold(task: str) -> float | None:
-    try:
-        from .registry import TASKS
-        return TASKS.get(task).solved_threshold
-    except Exception:  # noqa: BLE001 - a task that is not installed here: no threshold
-        return None
+    """The task's solved threshold, from the record alone (reading never imports the task it names:
+    a record written before thresholds were stored has none, and report.write says so)."""
+    return r.get("solved_threshold")
 
 
 def _mean(s: pd.Series):
@@ -230,10 +220,17 @@ PARALLEL_NOTE = ("Warning: some runs were timed while up to {n} runs ran at the 
                  "Time with --executor local (one run after another) to compare speed.")
 
 
+DAMAGED_NOTE = ("{n} damaged record{s} skipped (not valid records of this version; a warning named each file); "
+                "rerunning the command that made them redoes those runs.")
+
+
 def notes(df: pd.DataFrame) -> list[str]:
-    """Footnotes that depend on the records: timings measured in parallel."""
+    """Footnotes that depend on the records: timings measured in parallel, damaged records skipped
+    (report.write sets df.attrs["damaged"])."""
     n = pd.to_numeric(df.get("concurrent", pd.Series(dtype=float)), errors="coerce").max()
-    return [PARALLEL_NOTE.format(n=int(n))] if n == n and n > 1 else []
+    out = [PARALLEL_NOTE.format(n=int(n))] if n == n and n > 1 else []
+    damaged = df.attrs.get("damaged", 0)
+    return out + ([DAMAGED_NOTE.format(n=damaged, s="s" if damaged > 1 else "")] if damaged else [])
 
 
 def write(df: pd.DataFrame, out: Path) -> str:
