@@ -50,8 +50,16 @@ def load(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (the safe loader keeps the
-    last value silently) and reporting a value it cannot build (a date like 2024-13-45) with its
-    line, as a YAML error."""
+    last value silently), reporting a value it cannot build (a date like 2024-13-45) with its line
+    as a YAML error, and reading numbers as YAML 1.2 does: PyYAML follows YAML 1.1, where 5_0 is
+    50, 1:30:00 is 5400 (base 60) and 017 is 15 (octal); here they are words (the option's own
+    parser then says what is wrong, or reads 1:30:00 as a time) and 017 is 17."""
+
+    INT = re.compile(r"[-+]?[0-9]+")
+
+    def construct_decimal_int(self, node):
+        value = self.construct_scalar(node)
+        return int(value) if self.INT.fullmatch(value) else self.construct_yaml_int(node)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -78,6 +86,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
         except (ValueError, TypeError, OverflowError) as exc:
             raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.value!r}: {exc}",
                                                     node.start_mark) from None
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+UniqueKeyLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT_TAG, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+UniqueKeyLoader.add_constructor(_INT_TAG, UniqueKeyLoader.construct_decimal_int)
 
 
 def _read(path: Path) -> tuple[dict, str]:
