@@ -304,11 +304,14 @@ def exit_code(records: list[dict | None]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:   # before or after the sweep (during it, _main says what is done)
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    # a real Ctrl-C or SIGTERM (a scheduler, kill) raises interrupt.Interrupted: it unwinds, leaves no
+    # partial record, and stops the sweep; a KeyboardInterrupt raised by method code is that run's fault
+    with interrupt.signals_raise((signal.SIGINT, signal.SIGTERM), replace_any=True):
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:   # before or after the sweep (during it, _main says what is done)
+            print("\ninterrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -325,13 +328,18 @@ def _main(argv: list[str] | None) -> int:
         else:
             configs = build_configs(args)
         executor = executors.make(args)
-        if configs and not args.collect and not args.force:
-            limits.check_memory(configs)
+        if configs and not args.collect and not args.force and limits.budget(executor) is not None:
+            available, where = limits.budget(executor)
+            limits.check_memory(configs, available, where, share=max(1, executor.concurrent))
         if not (args.dry_run or args.collect):
             outdir.check_writable(out, outdir.ALWAYS + (("checkpoints",) if args.checkpoint_every else ())
                                   + (("slurm",) if args.executor == "slurm" else ()))
     except ConfigError as exc:
         return error(exc)
+    except interrupt.Interrupted:
+        raise
+    except (SystemExit, KeyboardInterrupt) as exc:   # a method's or task's own checks: not an exit, not Ctrl-C
+        return error(f"checking the run list: the code of a method or task raised {type(exc).__name__}: {exc}")
 
     damaged: list = []
     if args.collect:
@@ -357,25 +365,22 @@ def _main(argv: list[str] | None) -> int:
         dry_run(todo, done)
         return EXIT_OK
 
-    # a real Ctrl-C or SIGTERM (a scheduler, kill) raises interrupt.Interrupted: it unwinds, leaves no
-    # partial record, and stops the sweep; a KeyboardInterrupt raised by method code is that run's fault
-    with interrupt.signals_raise((signal.SIGINT, signal.SIGTERM), replace_any=True):
-        try:
-            counts = executors.dispatch(executor, todo, out, len(configs), len(done),
-                                        {"checkpoint_every": args.checkpoint_every, "force": args.force},
-                                        progress=not args.quiet)
-        except KeyboardInterrupt:
-            finished = sum(store.is_finished(out, c.key()) for c in configs)
-            print(f"\ninterrupted: {finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
-                  f"the same command runs the rest", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except Exception as exc:  # noqa: BLE001 - the executor itself failed (a cluster refusing jobs): runs are safe
-            finished = sum(store.is_finished(out, c.key()) for c in configs)
-            message = one_line((str(exc).strip().splitlines() or [""])[0])
-            print(f"run_all.py: the {executor.name} executor stopped: {type(exc).__name__}: {message}\n"
-                  f"{finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
-                  f"the same command runs the rest", file=sys.stderr)
-            return EXIT_FAILED
+    try:
+        counts = executors.dispatch(executor, todo, out, len(configs), len(done),
+                                    {"checkpoint_every": args.checkpoint_every, "force": args.force},
+                                    progress=not args.quiet)
+    except KeyboardInterrupt:
+        finished = sum(store.is_finished(out, c.key()) for c in configs)
+        print(f"\ninterrupted: {finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
+              f"the same command runs the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the executor itself failed (a cluster refusing jobs): runs are safe
+        finished = sum(store.is_finished(out, c.key()) for c in configs)
+        message = one_line((str(exc).strip().splitlines() or [""])[0])
+        print(f"run_all.py: the {executor.name} executor stopped: {type(exc).__name__}: {message}\n"
+              f"{finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
+              f"the same command runs the rest", file=sys.stderr)
+        return EXIT_FAILED
 
     records = [store.load(out, c.key(), damaged) for c in configs]
     try:

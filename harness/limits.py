@@ -97,9 +97,22 @@ def _size(n: float) -> str:
         n /= 1024
 
 
-def check_memory(configs: list, available: int | None = None) -> None:
+def budget(executor) -> tuple[int | None, str] | None:
+    """(bytes one run may use, where) for runs on `executor`, None to leave the check to the runs:
+    here, the memory available shared by the runs that run at once; under SLURM the jobs' mem_gb
+    (the login node's memory says nothing about the compute nodes'; without mem_gb no check)."""
+    if executor.name == "slurm":
+        mem_gb = executor.params.get("mem_gb")
+        return (int(float(mem_gb) * 2**30), "per SLURM job (mem_gb)") if isinstance(mem_gb, (int, float)) else None
+    if executor.concurrent > 1:
+        return None, f"per run with {executor.concurrent} runs at once"
+    return None, ""
+
+
+def check_memory(configs: list, available: int | None = None, where: str = "", share: int = 1) -> None:
     """Raise ConfigError when a run of `configs` needs more memory than is available (one line
-    naming the run's sizes, the estimate and what is available)."""
+    naming the run's sizes, the estimate and what is available): `available` bytes if given, else
+    what this machine has divided by `share` (runs at once)."""
     from .registry import METHODS   # the methods the user named, already imported
     budgets: dict[str, int | None] = {}
     seen = set()
@@ -110,7 +123,8 @@ def check_memory(configs: list, available: int | None = None) -> None:
             continue
         seen.add(key)
         if cfg.device not in budgets:
-            budgets[cfg.device] = available if available is not None else available_bytes(cfg.device)
+            here = available_bytes(cfg.device) if available is None else None
+            budgets[cfg.device] = available if available is not None else (None if here is None else here // share)
         budget = budgets[cfg.device]
         if budget is None:
             continue
@@ -122,5 +136,5 @@ def check_memory(configs: list, available: int | None = None) -> None:
                 f"{cfg.task} T={cfg.seq_len} (L={task.num_steps} steps) with --cell {cfg.cell} --hidden {cfg.hidden} "
                 f"--batch {cfg.batch}: a run needs at least {_size(need)} (parameters and optimizer state, the "
                 f"activations full BPTT keeps for the reference gradient, the held-out batches), more than the "
-                f"{_size(budget)} available on {cfg.device}; use a smaller --hidden, --batch or --seq-len, or "
-                f"--force to run it anyway")
+                f"{_size(budget)} available {where or 'on ' + cfg.device}; use a smaller --hidden, --batch or "
+                f"--seq-len, or --force to run it anyway")

@@ -246,6 +246,24 @@ def test_5_systemexit_and_keyboardinterrupt_from_method_code_are_failed_runs(tmp
     assert "interrupted" not in capsys.readouterr().err
 
 
+EXITS_ON_CHECK = """
+from harness.method import Method
+
+
+class ExitsOnCheck(Method):
+    name = "exits_on_check"
+
+    def validate(self):
+        raise SystemExit(0)
+"""
+
+
+def test_5_systemexit_from_method_code_while_the_run_list_is_checked_is_bad_input(tmp_path, capsys):
+    (tmp_path / "exits.py").write_text(EXITS_ON_CHECK)
+    assert cli.main(["--methods", str(tmp_path / "exits.py"), *TINY, "--out", str(tmp_path / "out")]) == 2
+    one_line_error(capsys, "the code of a method or task raised SystemExit")
+
+
 # --- 6, 11. the output folder ---------------------------------------------------------------------
 def test_6_every_output_folder_is_probed_before_training(tmp_path, capsys):
     out = tmp_path / "out"
@@ -254,6 +272,23 @@ def test_6_every_output_folder_is_probed_before_training(tmp_path, capsys):
     assert cli.main(["--methods", "bptt", *TINY, "--seeds", "1", "--out", str(out)]) == 2
     one_line_error(capsys, f"'{out / 'figures'}' is not writable")
     assert not list((out / "runs").glob("*.json"))
+
+
+def test_6_an_output_folder_that_refuses_files_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """OUT itself not writable while OUT/runs is (what a read-only OUT does for anyone but root)."""
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    real = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert cli.main(["--methods", "bptt", *TINY, "--seeds", "1", "--out", str(out)]) == 2
+    one_line_error(capsys, f"output folder '{out}' is not writable: Permission denied")
+    assert not list((out / "runs").iterdir())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -368,6 +403,18 @@ def test_8_the_memory_check_is_a_judgement_that_force_overrides(tmp_path, capsys
     assert cli.main(args) == 2
     one_line_error(capsys, "needs at least", "more than the 1000 B available on cpu", "--force")
     assert cli.main([*args, "--force"]) == 0
+
+
+def test_8_the_memory_budget_depends_on_where_runs_execute():
+    slurm = types.SimpleNamespace(name="slurm", params={"mem_gb": 4}, concurrent=0)
+    assert limits.budget(slurm) == (4 * 2**30, "per SLURM job (mem_gb)")
+    assert limits.budget(types.SimpleNamespace(name="slurm", params={}, concurrent=0)) is None   # the login node's
+    assert limits.budget(types.SimpleNamespace(name="joblib", params={}, concurrent=4))[1] == \
+        "per run with 4 runs at once"
+    cfg = runner.RunConfig("bptt", "adding", seq_len=3, hidden=3, batch=2, eval_batches=1)
+    limits.check_memory([cfg], available=10_000)
+    with pytest.raises(ConfigError, match="more than the 1000 B available per SLURM job"):
+        limits.check_memory([cfg], available=1000, where="per SLURM job")
 
 
 def test_8_the_estimate_is_below_what_bptt_saves():
