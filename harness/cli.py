@@ -328,9 +328,9 @@ def _main(argv: list[str] | None) -> int:
         else:
             configs = build_configs(args)
         executor = executors.make(args)
-        if configs and not args.collect and not args.force and limits.budget(executor) is not None:
-            available, where = limits.budget(executor)
-            limits.check_memory(configs, available, where, share=max(1, executor.concurrent))
+        budget = limits.budget(executor)
+        if configs and not args.collect and not args.force and budget is not None:
+            limits.check_memory(configs, *budget, share=max(1, executor.concurrent))
         if not (args.dry_run or args.collect):
             outdir.check_writable(out, outdir.ALWAYS + (("checkpoints",) if args.checkpoint_every else ())
                                   + (("slurm",) if args.executor == "slurm" else ()))
@@ -396,7 +396,7 @@ def _main(argv: list[str] | None) -> int:
     failed = [r for r in records if r and r.get("status") != "ok"]
     for r in failed:
         print(f"{r['status']}: {r.get('method_label', r['config']['method'])} on {r['config']['task']} "
-              f"seed {r['config']['seed']}: {one_line(r.get('error', ''))}", file=sys.stderr)
+              f"seed {r['config']['seed']}: {one_line(r.get('error') or '')}", file=sys.stderr)
     missing = sum(r is None for r in records)
     if missing:
         print(f"{missing} of {len(configs)} runs have no record", file=sys.stderr)

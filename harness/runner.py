@@ -311,4 +311,3 @@ def run_all(configs: list[RunConfig], out: Path, progress: bool = True) -> list[
         bar.update()
     bar.close()
     return [store.load(out, c.key()) for c in configs]
-

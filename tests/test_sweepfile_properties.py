@@ -7,7 +7,6 @@ import io
 import math
 import os
 import string
-from pathlib import Path
 
 import pytest
 import yaml
