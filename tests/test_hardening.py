@@ -437,9 +437,10 @@ def test_8_the_estimate_is_below_what_bptt_saves():
 
 
 # --- 10. one writer per run ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_10_two_identical_commands_on_one_output_folder_run_each_run_once(tmp_path):
     out, log = tmp_path / "out", tmp_path / "trained.log"
-    args = [sys.executable, "run_all.py", "--methods", f"{NOISY}[sleep=[0.3,0.31]]", *TINY, "--seeds", "2",
+    args = [sys.executable, "run_all.py", "--methods", f"{NOISY}[sleep=[0.2,0.21]]", *TINY, "--seeds", "2",
             "--out", str(out)]
     env = {**os.environ, "SWEEP_TEST_SLEEP": "1", "SWEEP_TEST_LOG": str(log)}
     procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
