@@ -55,15 +55,17 @@ def copy_of(finished, tmp_path):
 
 
 # --- 1. reading never executes -----------------------------------------------------------------
-def test_1_reading_records_never_imports_the_code_they_name(finished, tmp_path, capsys):
+def test_1_reading_records_never_imports_the_code_they_name(finished, tmp_path, capsys, monkeypatch):
     marker = tmp_path / "EXECUTED"
     planted = tmp_path / "planted.py"
     planted.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))   # so that 'planted:Class' would import it too
     out = copy_of(finished, tmp_path)
     (r0, r1) = finished[1].values()
-    for r, params in ((r0, {"k": 3}), (r1, {})):   # a varied hyperparameter: the scaling figure reads defaults
-        r = json.loads(json.dumps(r))
-        r["config"]["task"] = r["config"]["method"] = str(planted)
+    for r, params, method, task in ((r0, {"k": 3}, str(planted), "planted:Task"),
+                                    (r1, {}, "planted:Method", str(planted))):
+        r = json.loads(json.dumps(r))   # a varied hyperparameter: the scaling figure reads defaults
+        r["config"]["method"], r["config"]["task"] = method, task
         r["config"]["method_params"] = params
         for key in ("solved_threshold", "method_defaults", "method_label"):   # as an older version wrote
             r.pop(key)
@@ -378,6 +380,8 @@ def test_7_a_directory_as_sweep_file(tmp_path, capsys):
     (["--methods", "tbptt[k=[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]]", "--seq-len",
       ",".join(map(str, range(1, 501))), "--seeds", "20"], "the run list makes 400000 runs, more than the 100000"),
     (["--methods", "bptt", "--hidden", "1000000"], "needs at least"),
+    (["--methods", "bptt", "--batch", "100000000"], "needs at least"),
+    (["--methods", "bptt", "--tasks", "adding", "--seq-len", "1000000000000"], "needs at least"),
     (["--methods", "bptt", "--seq-len", ","], "--seq-len: ',': expected positive integers separated by commas"),
     (["--methods", "bptt", "--seq-len", "3,,4"], "expected positive integers"),
     (["--methods", "bptt", "--lr", "inf"], "--lr: 'inf' is not a finite number"),
