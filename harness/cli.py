@@ -1,9 +1,15 @@
 """The command line: parse (and read a sweep file), validate everything, build the run list, run
-what is not done yet with the chosen executor, write the tables."""
+what is not done yet with the chosen executor, write the tables.
+
+Exit codes: 0 every selected run has a record that is ok or diverged (divergence is a result);
+1 at least one run failed (or has no record), or the tables could not be written; 2 bad input
+(nothing was run); 130 interrupted (Ctrl-C, SIGTERM).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import signal
 import sys
@@ -11,29 +17,72 @@ from pathlib import Path
 
 import torch
 
-from . import executors, report, runner, store, sweepfile, tuning
-from .config import ConfigError, parse_spec_list, unknown
+from . import executors, interrupt, limits, outdir, report, runner, store, sweepfile, tuning
+from .config import ConfigError, check_runs, one_line, parse_float, parse_int, parse_spec_list, unknown
 from .models import CELLS
 from .registry import METHODS, TASKS
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2, as for every other bad input
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
-def positive(text: str) -> int:
+def positive(text: str, most: int | None = None) -> int:
     try:
-        value = int(text)
+        value = parse_int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {most}, the most allowed")
     return value
 
 
+def at_most(most: int):
+    def convert(text):
+        return positive(text, most)
+    convert.__name__ = "positive"
+    return convert
+
+
 def int_list(text: str) -> list[int]:
-    return [positive(t) for t in text.split(",") if t.strip()]
+    items = text.split(",")
+    if not text.strip() or any(not t.strip() for t in items):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas")
+    return [positive(t) for t in items]
+
+
+def number(text: str, allow_zero: bool = False) -> float:
+    """A finite positive number (or >= 0 with `allow_zero`); inf, nan and '1_0' are refused."""
+    try:
+        value = parse_float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'>= 0' if allow_zero else 'positive'}")
+    return value
+
+
+def nonnegative(text: str) -> float:
+    return number(text, allow_zero=True)
+
+
+def specs(registry, kind: str):
+    """An argparse type checking a --methods/--tasks list (names, option keys and values) where it
+    is given, so that an error in a sweep file names the file, the line and the key."""
+    def convert(text: str) -> str:
+        try:
+            for spec in parse_spec_list(text):
+                typed(registry.get(spec.name), f"{kind} {spec.name}", spec.params)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    convert.__name__ = f"{kind} list"
+    return convert
 
 
 def checked(parse):
@@ -51,11 +100,11 @@ def make_parser() -> Parser:
     p = Parser(prog="run_all.py", description="Compare credit-assignment methods for recurrent networks "
                "on long-dependency tasks: learning, time per step, memory, and gradient fidelity.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--methods", default=None,
+    p.add_argument("--methods", type=specs(METHODS, "method"), default=None,
                    help=f"comma-separated methods, each name or name[key=value,...]; a value [v1,v2,...] "
                         f"makes a grid (cartesian product); a file.py or module:Class adds your own. "
                         f"Known: {', '.join(METHODS.names())}")
-    p.add_argument("--tasks", default="copy,adding",
+    p.add_argument("--tasks", type=specs(TASKS, "task"), default="copy,adding",
                    help=f"comma-separated tasks, each name or name[key=value,...]. Known: {', '.join(TASKS.names())}")
     p.add_argument("--seq-len", type=int_list, default=None,
                    help="horizon T of the training sequences (comma-separated for several); default: each task's own")
@@ -69,16 +118,18 @@ def make_parser() -> Parser:
     p.add_argument("--hidden", type=positive, default=64)
     p.add_argument("--batch", type=positive, default=32)
     p.add_argument("--steps", type=positive, default=1000, help="training steps (batches of whole sequences)")
-    p.add_argument("--seeds", type=positive, default=2, help="number of seeds (0..N-1)")
+    p.add_argument("--seeds", type=at_most(limits.MAX_SEEDS), default=2,
+                   help=f"number of seeds (0..N-1), at most {limits.MAX_SEEDS}")
     p.add_argument("--optimizer", choices=sorted(runner.OPTIMIZERS), default="adam")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping; 0 for none")
-    p.add_argument("--threads", type=positive, default=1, help="torch threads (timings are compared at a fixed count)")
+    p.add_argument("--lr", type=number, default=1e-2)
+    p.add_argument("--clip", type=nonnegative, default=1.0, help="gradient-norm clipping; 0 for none")
+    p.add_argument("--threads", type=at_most(1024), default=1,
+                   help="torch threads (timings are compared at a fixed count)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=sorted(runner.DTYPES), default="float32")
     p.add_argument("--eval-every", type=positive, default=None, help="steps between test evaluations; default steps/20")
     p.add_argument("--eval-batches", type=positive, default=4, help="held-out batches per evaluation")
-    p.add_argument("--fidelity-points", type=positive, default=3,
+    p.add_argument("--fidelity-points", type=at_most(1000), default=3,
                    help="checkpoints where gradient fidelity is measured (step 0 and the end included)")
     p.add_argument("--grad-samples", type=positive, default=16,
                    help="K draws per checkpoint for the bias and variance of stochastic methods")
@@ -93,7 +144,8 @@ def make_parser() -> Parser:
     g.add_argument("--config", type=Path, default=None,
                    help="sweep file (.yaml or .toml) holding any of these options; the command line overrides it")
     g.add_argument("--dry-run", action="store_true", help="list the runs to execute and those already done; run nothing")
-    g.add_argument("--force", action="store_true", help="rerun every selected run, finished or not")
+    g.add_argument("--force", action="store_true",
+                   help="rerun every selected run, finished or not; also runs what the memory check refuses")
     g.add_argument("--collect", action="store_true",
                    help="only build the tables from the records in --out (those selected, or all without --methods)")
     g.add_argument("--tune", type=checked(tuning.parse_tune), default=None,
@@ -180,6 +232,8 @@ def build_configs(args) -> list[runner.RunConfig]:
     if not args.methods:
         raise ConfigError("--methods is required (on the command line or in the --config file)")
     methods, tasks = parse_spec_list(args.methods), parse_spec_list(args.tasks)
+    check_runs(len(methods) * len(tasks) * len(args.seq_len or [0]) * args.seeds
+               * math.prod(len(v) for v in (args.tune or {}).values()), "the run list")
     device = resolve_device(args.device)
     check_data_options([TASKS.get(t.name) for t in tasks], args)
     method_params = [typed(METHODS.get(m.name), f"method {m.name}", m.params) for m in methods]
@@ -250,26 +304,45 @@ def dry_run(todo, done, refs: set[str] = frozenset()) -> None:
         print(f"  {describe(cfg, role(cfg))}")
 
 
-def finish(out: Path, records: list[dict]) -> str:
-    """Everything written from records: the tables (and the report). Used after a sweep and by --collect."""
+def finish(out: Path, records: list[dict], damaged: int = 0) -> str:
+    """Everything written from records: the tables (and the report). Used after a sweep and by
+    --collect. A write error (disk full, permissions) is an OSError naming the file."""
     records = store.newest([r for r in records if r])   # one record per run, before tuning averages seeds
     chosen, candidates = tuning.select(records)
     if len(candidates):
         store.write_atomic(Path(out) / "tuning.csv", candidates.to_csv(index=False))
-    path = report.write(out, chosen)
+    path = report.write(out, chosen, damaged)
     return (Path(out) / "summary.md").read_text() + f"\nreport: {path}"
 
 
 def error(message) -> int:
-    print(f"run_all.py: error: {message}", file=sys.stderr)
-    return 2
+    print(f"run_all.py: error: {one_line(str(message))}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
-def interrupt(signum, frame):  # SIGTERM (a scheduler, kill) unwinds like Ctrl-C: no partial record
-    raise KeyboardInterrupt(f"signal {signum}")
+def write_failed(exc: OSError, out: Path) -> int:
+    print(f"run_all.py: error: {report.write_error(exc)}; the records in {out / 'runs'} are kept "
+          f"(--collect rebuilds the tables)", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def exit_code(records: list[dict | None]) -> int:
+    """0 when every selected run has a record that is ok or diverged, else 1."""
+    return EXIT_OK if all(r is not None and r["status"] in ("ok", "diverged") for r in records) else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a real Ctrl-C or SIGTERM (a scheduler, kill) raises interrupt.Interrupted: it unwinds, leaves no
+    # partial record, and stops the sweep; a KeyboardInterrupt raised by method code is that run's fault
+    with interrupt.signals_raise((signal.SIGINT, signal.SIGTERM), replace_any=True):
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:   # before or after the sweep (during it, _main says what is done)
+            print("\ninterrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = parse_args(argv)
     except SystemExit as exc:  # argparse has printed its one-line error (or --help)
@@ -283,20 +356,36 @@ def main(argv: list[str] | None = None) -> int:
         else:
             configs = build_configs(args)
         executor = executors.make(args)
+        budget = limits.budget(executor)
+        if configs and not args.collect and not args.force and budget is not None:
+            limits.check_memory(configs, *budget, share=max(1, executor.concurrent))
         if not (args.dry_run or args.collect):
-            runner.check_writable(out)
+            outdir.check_writable(out, outdir.ALWAYS + (("checkpoints",) if args.checkpoint_every else ())
+                                  + (("slurm",) if args.executor == "slurm" else ()))
     except ConfigError as exc:
         return error(exc)
+    except interrupt.Interrupted:
+        raise
+    except (SystemExit, KeyboardInterrupt) as exc:   # a method's or task's own checks: not an exit, not Ctrl-C
+        return error(f"checking the run list: the code of a method or task raised {type(exc).__name__}: {exc}")
 
+    damaged: list = []
     if args.collect:
-        everything = store.load_all(out)
+        everything = store.load_all(out, damaged)
         records = everything if configs is None else select(everything, configs)
         if not any(records):
             return error(f"no records in '{out / 'runs'}' to collect" if not everything
                          else nothing_matches(args, configs, everything))
-        print(finish(out, records))
+        try:
+            outdir.check_writable(out, ("figures",))
+            text = finish(out, records, len(damaged))
+        except ConfigError as exc:
+            return error(exc)
+        except OSError as exc:
+            return write_failed(exc, out)
+        print(text)
         print(f"\ntables: {out / 'summary.md'}, summary.csv, summary.tex")
-        return 0
+        return exit_code(records if configs is not None else [r for r in records if r])
 
     done = [] if args.force else [c for c in configs if store.is_finished(out, c.key())]
     done_keys = {c.key() for c in done}
@@ -304,31 +393,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         refs = set() if args.no_reference else {r.key() for r in references(configs)}
         dry_run(todo, done, refs)
-        return 0
+        return EXIT_OK
 
-    previous = signal.signal(signal.SIGTERM, interrupt) if threading_main() else None
     try:
         counts = executors.dispatch(executor, todo, out, len(configs), len(done),
-                                    {"checkpoint_every": args.checkpoint_every}, progress=not args.quiet)
+                                    {"checkpoint_every": args.checkpoint_every, "force": args.force},
+                                    progress=not args.quiet)
     except KeyboardInterrupt:
         finished = sum(store.is_finished(out, c.key()) for c in configs)
         print(f"\ninterrupted: {finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
               f"the same command runs the rest", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the executor itself failed (a cluster refusing jobs): runs are safe
         finished = sum(store.is_finished(out, c.key()) for c in configs)
-        message = (str(exc).strip().splitlines() or [""])[0]
+        message = one_line((str(exc).strip().splitlines() or [""])[0])
         print(f"run_all.py: the {executor.name} executor stopped: {type(exc).__name__}: {message}\n"
               f"{finished} of {len(configs)} runs are finished and recorded in {out / 'runs'}; "
               f"the same command runs the rest", file=sys.stderr)
-        return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        return EXIT_FAILED
 
     shared = runner.fidelity_pass(configs, out, progress=not args.quiet)
-    records = [store.load(out, c.key()) for c in configs]
-    print(finish(out, records))
+    records = [store.load(out, c.key(), damaged) for c in configs]
+    try:
+        text = finish(out, records, len(damaged))
+    except OSError as exc:
+        return write_failed(exc, out)
+    print(text)
     print(f"\nrecords: {out / 'runs'}; tables: {out / 'summary.md'}, summary.csv, summary.tex")
     if len(todo) == 0:
         print(f"nothing to run: all {len(configs)} runs were already done (--force reruns them)")
@@ -344,8 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in records if r and r.get("status") != "ok"]
     for r in failed:
         print(f"{r['status']}: {r.get('method_label', r['config']['method'])} on {r['config']['task']} "
-              f"seed {r['config']['seed']}: {r.get('error', '')}", file=sys.stderr)
-    return 0
+              f"seed {r['config']['seed']}: {one_line(r.get('error') or '')}", file=sys.stderr)
+    missing = sum(r is None for r in records)
+    if missing:
+        print(f"{missing} of {len(configs)} runs have no record", file=sys.stderr)
+    return exit_code(records)
 
 
 def select(records: list[dict], configs: list[runner.RunConfig]) -> list[dict]:

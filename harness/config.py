@@ -7,12 +7,52 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+# the most runs one command may hold (a grid of tens of thousands is already days of CPU)
+MAX_RUNS = 100_000
+# characters str.splitlines() breaks on: a message shows them escaped, so it stays one line
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
 
 class ConfigError(ValueError):
-    """Bad input: the command line prints `error: <message>` and exits with code 2."""
+    """Bad input: the command line prints `error: <message>` and exits with code 2. The message
+    is one line whatever the input held."""
+
+    def __init__(self, message: Any = ""):
+        super().__init__(one_line(str(message)))
+
+
+def one_line(text: str) -> str:
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)", re.I)
+
+
+def parse_int(text: str) -> int:
+    """An integer written in ASCII digits; int() would also take '5_0' (50) and other scripts'
+    digits. Raises ValueError."""
+    text = text.strip()
+    if not _INT.fullmatch(text):
+        raise ValueError(f"invalid integer {text!r}")
+    return int(text)
+
+
+def parse_float(text: str, finite: bool = True) -> float:
+    """A decimal number ('1e-3', '.5', '2'), finite unless `finite` is False; no underscores.
+    Raises ValueError."""
+    text = text.strip()
+    if not _FLOAT.fullmatch(text):
+        raise ValueError(f"invalid number {text!r}")
+    value = float(text)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{text!r} is not finite")
+    return value
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
@@ -46,6 +86,8 @@ class Param:
             value = float(value)
         elif not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise ConfigError(f"{owner}: {key}={value!r} is not {self._describe()}")
+        if self.type is float and not math.isfinite(value):
+            raise ConfigError(f"{owner}: {key}={value!r} is not {self._describe()} (not finite)")
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{owner}: {key}={value!r} is not one of {', '.join(map(str, self.choices))}"
                               f"{did_you_mean(str(value), [str(c) for c in self.choices])}")
@@ -75,9 +117,9 @@ def _from_text(text: str, typ: type, owner: str, key: str, describe: str) -> Any
                 return False
             raise ValueError
         if typ is int:
-            return int(text)
+            return parse_int(text)
         if typ is float:
-            return float(text)
+            return parse_float(text, finite=False)   # Param.parse says why inf and nan are refused
         return text
     except ValueError:
         raise ConfigError(f"{owner}: {key}={text!r} is not {describe}") from None
@@ -169,12 +211,23 @@ def expand_spec(spec: Spec) -> list[Spec]:
     """Values that are lists expand to the cartesian product, in the order written:
     tbptt[k=[5,10],update=[window,sequence]] -> k=5 window, k=5 sequence, k=10 window, k=10 sequence."""
     axes = [[(key, v) for v in grid_values(spec.name, key, value)] for key, value in spec.params.items()]
+    check_runs(math.prod(len(a) for a in axes), f"{spec.name}[...]")
     return [Spec(spec.name, dict(combo)) for combo in itertools.product(*axes)]
 
 
 def parse_spec_list(text: str) -> list[Spec]:
     """'tbptt[k=[5,10]],bptt' -> [tbptt k=5, tbptt k=10, bptt]: items, each expanded as a grid."""
-    specs = [s for p in split_top_level(text) for s in expand_spec(parse_spec(p))]
+    specs = []
+    for part in split_top_level(text):
+        specs += expand_spec(parse_spec(part))
+        check_runs(len(specs), "the list")
     if not specs:
         raise ConfigError(f"empty list {text!r}")
     return specs
+
+
+def check_runs(n: int, what: str) -> None:
+    """Refuse a grid of more than MAX_RUNS runs before building it."""
+    if n > MAX_RUNS:
+        raise ConfigError(f"{what} makes {n} runs, more than the {MAX_RUNS} one command may hold; "
+                          "split the sweep into several commands")

@@ -7,7 +7,8 @@
 
 Every backend runs `work` on each configuration; `work` writes the run's record itself, atomically,
 so what a backend returns is only for the progress bar: the records on disk are the results, and
-a run whose record is there and ok is never dispatched again.
+a run whose record is there and ok is never dispatched again. `work` holds the run's lock
+(harness/locks.py) while it trains, so two commands on one output folder never run a run twice.
 """
 from __future__ import annotations
 
@@ -22,18 +23,48 @@ from typing import Any, Iterator
 
 import yaml
 
-from . import runner, store
+from . import locks, runner, store
 from .config import ConfigError, did_you_mean
 from .runner import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def work(cfg: RunConfig, out: Path, options: dict) -> dict:
-    """One run, in whatever process a backend chose; a top-level function so it pickles."""
+def work(cfg: RunConfig, out: Path, options: dict, wait: bool = True) -> dict | None:
+    """One run, in whatever process a backend chose, holding the run's lock; a top-level function so
+    it pickles. A run another process finished while this one waited for its lock (or any time,
+    without `force` in `options`) is not run again: its record is returned. None: the lock is held
+    elsewhere and `wait` is False."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    return runner.run_config(cfg, out, **options)
+    options = dict(options)
+    force = options.pop("force", False)
+    key = cfg.key()
+    before = _mtime(store.record_path(out, key))
+    with locks.run_lock(out, key, wait) as waited:
+        if waited is None:
+            return None
+        if waited and _mtime(store.record_path(out, key)) != before:   # the other process ran it
+            record = store.load(out, key)
+            if record is not None:
+                return record
+        if not force and store.is_finished(out, key):
+            return store.load(out, key)
+        return runner.run_config(cfg, out, **options)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def save_unless_running(out: Path, record: dict) -> None:
+    """Write the record of a run whose worker died, unless another process is running it now."""
+    with locks.run_lock(out, record["hash"], wait=False) as free:
+        if free is not None:
+            store.save(out, record)
 
 
 class Executor:
@@ -55,8 +86,18 @@ class Executor:
 
 class Local(Executor):
     def run(self, configs, out, options):
+        options = {**options, "executor": self.describe()}
+        busy = []   # runs another process holds: do the others first, then wait for these
         for cfg in configs:
-            yield work(cfg, out, {**options, "executor": self.describe()})
+            record = work(cfg, out, options, wait=False)
+            if record is None:
+                busy.append(cfg)
+            else:
+                yield record
+        if busy:
+            print(f"waiting for {len(busy)} runs that another process is running in {out}", file=sys.stderr)
+        for cfg in busy:
+            yield work(cfg, out, options)
 
 
 class Joblib(Executor):
@@ -91,7 +132,7 @@ class Joblib(Executor):
                 if killed == self.GIVE_UP and not any_finished:   # the workers, not the runs: stop, say why
                     raise RuntimeError(f"{killed} runs killed their worker process alone and none finished ({broken})")
                 record = runner.failed_record(culprit, f"worker process died ({broken})", self.describe())
-                store.save(out, record)
+                save_unless_running(out, record)
                 yield record
                 pending = [c for c in pending if c is not culprit]
                 suspects = []
@@ -199,7 +240,7 @@ class Slurm(Executor):
             state = next((line for line in lines if "state:" in line), lines[0] if lines else type(exc).__name__)
             logs = next((line for line in lines if "Look at" in line or line.startswith("Error stream")), "")
             record = runner.failed_record(cfg, f"job {job.job_id} died: {state} {logs}".strip(), self.describe())
-            store.save(out, record)
+            save_unless_running(out, record)
             return record
 
     def running(self, remaining: int) -> int:

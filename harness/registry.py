@@ -9,12 +9,14 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
 from .config import ConfigError, unknown
 
 ROOT = Path(__file__).resolve().parent.parent
+MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 
 
 class Registry:
@@ -57,8 +59,15 @@ class Registry:
         return sorted(self.entries)
 
     def get(self, name: str) -> type:
+        """The class registered as `name`, or the one in a file.py or package.module:Class that
+        `name` refers to (imported: only names the user gave, never names read from a record)."""
         if name.endswith(".py") or ":" in name:
-            ref = str(Path(name).resolve()) if name.endswith(".py") else name
+            if "\0" in name:
+                raise ConfigError(f"cannot read {self.kind} {name!r}: a name holds no NUL character")
+            try:
+                ref = str(Path(name).resolve()) if name.endswith(".py") else name
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"{self.kind} file {name!r}: {exc}") from None
             if ref not in self._external:
                 self._external[ref] = self._load_external(name)
             return self._external[ref]
@@ -69,7 +78,11 @@ class Registry:
     def _load_external(self, ref: str) -> type:
         if ref.endswith(".py"):
             path = Path(ref)
-            if not path.is_file():
+            try:
+                found = path.is_file()
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{self.kind} file {ref!r}: {exc}") from None
+            if not found:
                 raise ConfigError(f"{self.kind} file '{ref}' does not exist")
             mod_name = f"_external_{self.kind}_{path.stem}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -77,7 +90,8 @@ class Registry:
             sys.modules[mod_name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception as exc:  # user code: report it on one line
+            except (Exception, SystemExit) as exc:  # user code: report it on one line
+                sys.modules.pop(mod_name, None)
                 raise ConfigError(f"cannot import {self.kind} file '{ref}': {type(exc).__name__}: {exc}") from None
             classes = self._classes_in(module)
             if len(classes) != 1:
@@ -86,10 +100,14 @@ class Registry:
             cls = classes[0]
         else:
             mod_name, _, attr = ref.partition(":")
+            if not (MODULE.fullmatch(mod_name) and attr.isidentifier()):
+                raise ConfigError(f"cannot read {self.kind} {ref!r}: expected file.py or package.module:ClassName")
             try:
                 module = importlib.import_module(mod_name)
             except ImportError as exc:
                 raise ConfigError(f"cannot import {self.kind} module '{mod_name}': {exc}") from None
+            except (Exception, SystemExit) as exc:  # user code: report it on one line
+                raise ConfigError(f"cannot import {self.kind} module '{mod_name}': {type(exc).__name__}: {exc}") from None
             cls = getattr(module, attr, None)
             if not (inspect.isclass(cls) and issubclass(cls, self.base)):
                 raise ConfigError(f"'{ref}' is not a {self.base.__name__} subclass")

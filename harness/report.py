@@ -11,6 +11,7 @@ style, so the figures read in grayscale.
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 from collections import defaultdict
@@ -272,11 +273,9 @@ def method_param(r: dict, key: str):
             except ValueError:
                 continue
         return value
-    try:
-        from .registry import METHODS
-        return METHODS.get(r["config"]["method"]).hyperparameters[key].default
-    except Exception:  # noqa: BLE001 - a method not installed here
-        return None
+    # the default stored in the record: reading never imports the method it names (a record
+    # written before defaults were stored has none, and report.write says so)
+    return (r.get("method_defaults") or {}).get(key)
 
 
 def varied(records: list[dict]) -> list[tuple[str, str]]:
@@ -382,16 +381,40 @@ def figures(records: list[dict]) -> list[tuple[str, object, str]]:
     return out
 
 
-def write(out_dir: Path, records: list[dict] | None = None) -> Path:
+# fields an older version did not store, and what a record lacking them is shown without
+LEGACY = {"solved_threshold": "the solved columns", "method_defaults": "the hyperparameter defaults of the scaling "
+          "figures"}
+
+
+def legacy_warnings(records: list[dict]) -> list[str]:
+    """One line per field that some finished records lack (written by an older version): they are
+    shown without it, never by importing the method or task they name."""
+    lines = []
+    for key, what in LEGACY.items():
+        n = sum(1 for r in ok_runs(records) if key not in r)
+        if n:
+            lines.append(f"warning: {n} record{'s' if n > 1 else ''} written by an older version lack{'' if n > 1 else 's'} "
+                         f"'{key}': shown without {what}")
+    return lines
+
+
+def write(out_dir: Path, records: list[dict] | None = None, damaged: int = 0) -> Path:
     """Write the summary tables, DIR/figures/*.png and DIR/report.md from `records` (default: every
-    record in DIR/runs). Returns the path of report.md."""
+    valid record in DIR/runs; damaged ones are skipped, warned about and counted in the footnote,
+    as are the `damaged` given). Returns the path of report.md. A write error is an OSError
+    naming the file."""
     out_dir = Path(out_dir)
     if records is None:   # files are named by hash: order them as a run list would be
-        records = sorted(store.load_all(out_dir), key=lambda r: (
+        skipped: list = []
+        records = sorted(store.load_all(out_dir, skipped), key=lambda r: (
             r["config"]["task"], str(r["config"].get("task_params")), r["config"]["seq_len"], r["config"]["method"],
             str(sorted(r["config"]["method_params"].items())), r["config"]["seed"]))
+        damaged += len(skipped)
     records = store.newest([r for r in records if r])   # each run once: its newest record
+    for line in legacy_warnings(records):
+        print(line, file=sys.stderr)
     table = summary.summarise(records)
+    table.attrs["damaged"] = damaged
     md_table = summary.write(table, out_dir)
     (out_dir / FIGURES).mkdir(parents=True, exist_ok=True)
     lines = ["# creditbench report", "",
@@ -410,8 +433,10 @@ def write(out_dir: Path, records: list[dict] | None = None) -> Path:
         made = figures(records)
         lines += ["## Figures", ""]
         for name, fig, caption in made:
-            fig.savefig(out_dir / FIGURES / name, dpi=110)
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=110)
             plt.close(fig)
+            write_atomic(out_dir / FIGURES / name, png.getvalue())   # whole or not at all, umask honoured
             lines += [f"![{Path(name).stem.replace('_', ' ')}]({FIGURES}/{name})", "", f"*{caption}*", ""]
     if not made:
         lines += ["No finished runs: nothing to plot.", ""]
@@ -428,8 +453,17 @@ def main(argv: list[str] | None = None) -> int:
     if not store.runs_dir(args.dir).is_dir():
         print(f"python -m harness.report: error: no records folder '{store.runs_dir(args.dir)}'", file=sys.stderr)
         return 2
-    print(write(args.dir))
+    try:
+        print(write(args.dir))
+    except OSError as exc:   # disk full, permissions: the records are untouched
+        print(f"python -m harness.report: error: {write_error(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def write_error(exc: OSError) -> str:
+    """One line for a failed write: the file and the reason."""
+    return f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as saved
-from . import credit, fidelity, store, trajectory
+from . import credit, fidelity, interrupt, store, trajectory
 from .config import ConfigError
 from .meters import SavedBytesMeter, StepTimer, cuda_peak, synchronize
 from .method import Method, RunSpec, Updater
 from .models import run
 from .registry import METHODS, TASKS
+from .schema import InvalidRecord
 from .task import Task, stream_seed
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
@@ -426,19 +427,25 @@ def fidelity_pass(configs: list[RunConfig], out: Path, progress: bool = False) -
 
 
 def base_record(cfg: RunConfig, executor: dict | None = None) -> dict:
+    method = METHODS.get(cfg.method)
     try:
         label = cfg.build_method().label
-    except Exception:  # noqa: BLE001 - a record is written whatever the method does
-        label = METHODS.get(cfg.method).name
+    except interrupt.Interrupted:
+        raise
+    except BaseException:  # noqa: BLE001 - a record is written whatever the method does
+        label = method.name
+    # what readers need about the method, stored so that reading never imports it
     return {"hash": cfg.key(), "config": cfg.as_dict(), "code_hash": cfg.code_hash(), "method_label": label,
+            "method_name": method.name,
+            "method_defaults": {k: p.default for k, p in method.hyperparameters.items()},
             "env": environment(torch.device(cfg.device), cfg.threads),
             "executor": executor or {"name": "local", "concurrent": 1},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def failed_record(cfg: RunConfig, error: str, executor: dict | None = None) -> dict:
-    """The record of a run that could not report itself (its worker died)."""
-    return {**base_record(cfg, executor), "status": "failed", "error": error,
+def failed_record(cfg: RunConfig, error: str, executor: dict | None = None, base: dict | None = None) -> dict:
+    """The record of a run that failed, or could not report itself (its worker died)."""
+    return {**(base or base_record(cfg, executor)), "status": "failed", "error": error,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -446,19 +453,26 @@ def run_config(cfg: RunConfig, out: Path, progress: bool = False, checkpoint_eve
                executor: dict | None = None) -> dict:
     """Train one configuration and write its record; failures are recorded, never raised.
 
-    An interruption (KeyboardInterrupt, SystemExit) writes no record: the run counts as not done,
-    and resumes from its last checkpoint if it has one."""
+    Whatever the method's code raises, SystemExit and KeyboardInterrupt included, is the run's
+    `failed` record. Only a real signal (interrupt.Interrupted: Ctrl-C, or SIGTERM under the
+    command line) stops it without a record: the run counts as not done, and resumes from its
+    last checkpoint if it has one."""
     base = base_record(cfg, executor)
     ckpt = saved.path(out, base["hash"]) if checkpoint_every else None
-    try:
-        record = {**base, **train(cfg, progress, checkpoint_every, ckpt, out)}
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a crashing run is a result, the sweep goes on
-        record = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                  "traceback": traceback.format_exc(limit=8)}
+    with interrupt.signals_raise():
+        try:
+            record = {**base, **train(cfg, progress, checkpoint_every, ckpt, out)}
+        except interrupt.Interrupted:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a crashing run is a result, the sweep goes on
+            record = failed_record(cfg, f"{type(exc).__name__}: {exc}", executor, base)
+            record["traceback"] = traceback.format_exc(limit=8)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    store.save(out, record)
+    try:
+        store.save(out, record)
+    except InvalidRecord as exc:   # a bug in what the run recorded: keep the fault, not a bad record
+        record = failed_record(cfg, f"the run's record is not valid: {exc}", executor, base)
+        store.save(out, record)
     saved.remove(saved.path(out, base["hash"]))
     return record
 
@@ -475,13 +489,3 @@ def run_all(configs: list[RunConfig], out: Path, progress: bool = True) -> list[
     bar.close()
     fidelity_pass(configs, out)
     return [store.load(out, c.key()) for c in configs]
-
-
-def check_writable(out: Path) -> None:
-    try:
-        store.runs_dir(out).mkdir(parents=True, exist_ok=True)
-        probe = store.runs_dir(out) / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output folder '{out}' is not writable: {exc.strerror or exc}") from None

@@ -1,13 +1,24 @@
 """One JSON record per run, named by a hash of its configuration and of the source code that
-defines what it measures, written atomically (temporary file, then rename)."""
+defines what it measures, written atomically (temporary file, then rename).
+
+Records are data: reading one never imports the code it names. Every record is checked against
+one schema (harness/schema.py) when it is written and when it is read; a damaged record (not
+JSON, not UTF-8, empty, truncated, or not a valid record of this version) is skipped with one
+warning line naming the file and what is wrong, and counts as not finished, so its run is redone
+and the file replaced.
+"""
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
+
+from .schema import InvalidRecord, check
 
 HARNESS = Path(__file__).resolve().parent
 # Code whose change changes a result; editing tables, plots or the command line does not rerun.
@@ -49,49 +60,120 @@ def record_path(out: Path, key: str) -> Path:
     return runs_dir(out) / f"{key}.json"
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it where Linux allows)."""
     try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write `path` whole or not at all, with the permissions any file the user creates gets
+    (mkstemp's files are 0600: collaborators on a shared folder could not read them). An OSError
+    names `path`."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w", encoding=None if isinstance(text, bytes)
+                       else "utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
 def save(out: Path, record: dict) -> Path:
+    """Write a record; raises schema.InvalidRecord (and writes nothing) when it is not valid."""
+    check(record)
     path = record_path(out, record["hash"])
     write_atomic(path, json.dumps(record, indent=1, sort_keys=True, default=str))
     return path
 
 
-def load(out: Path, key: str) -> dict | None:
+def read(path: Path) -> dict:
+    """The valid record stored in `path`; raises InvalidRecord saying what is wrong."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRecord(f"cannot read it: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise InvalidRecord("empty file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRecord(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; "
+                            f"truncated?)") from None
+    except RecursionError:
+        raise InvalidRecord("not valid JSON (nested too deeply)") from None
+    check(record)
+    if record["hash"] != path.stem:
+        raise InvalidRecord(f"its hash {record['hash']!r} is not its file name")
+    return record
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _damaged(path: Path, problem: InvalidRecord, damaged: list | None) -> None:
+    """One warning line per damaged file (once per process), and count it."""
+    if damaged is not None:
+        damaged.append((path, str(problem)))
+    key = (str(path), str(problem))
+    if key not in _warned:
+        _warned.add(key)
+        print(f"warning: skipped damaged record {path}: {problem}; its run counts as not done", file=sys.stderr)
+
+
+def load(out: Path, key: str, damaged: list | None = None) -> dict | None:
+    """The valid record of run `key`, or None when there is none; a damaged one is warned about,
+    appended to `damaged` as (path, problem), and treated as missing."""
     path = record_path(out, key)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a damaged record is treated as missing and rerun
+        return read(path)
+    except InvalidRecord as exc:
+        _damaged(path, exc, damaged)
+        return None
 
 
 def is_finished(out: Path, key: str) -> bool:
     record = load(out, key)
-    return record is not None and record.get("status") == "ok"
+    return record is not None and record["status"] == "ok"
 
 
-def load_all(out: Path) -> list[dict]:
+def load_all(out: Path, damaged: list | None = None) -> list[dict]:
+    """Every valid record in OUT/runs; damaged ones are warned about and appended to `damaged`."""
     records = []
     for path in sorted(runs_dir(out).glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError:
-            continue
+            records.append(read(path))
+        except InvalidRecord as exc:
+            _damaged(path, exc, damaged)
     return records
 
 

@@ -5,7 +5,6 @@ summary.tex (LaTeX booktabs), and printed to the terminal.
 """
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -118,18 +117,9 @@ def options(records: list[dict]) -> list[str]:
 
 
 def _threshold(r: dict) -> float | None:
-    """The task's solved threshold from the record; records written before it was stored ask the
-    task class."""
-    return r["solved_threshold"] if "solved_threshold" in r else _declared_threshold(r["config"]["task"])
-
-
-@functools.lru_cache(maxsize=None)
-def _declared_threshold(task: str) -> float | None:
-    try:
-        from .registry import TASKS
-        return TASKS.get(task).solved_threshold
-    except Exception:  # noqa: BLE001 - a task that is not installed here: no threshold
-        return None
+    """The task's solved threshold, from the record alone (reading never imports the task it names:
+    a record written before thresholds were stored has none, and report.write says so)."""
+    return r.get("solved_threshold")
 
 
 def _mean(s: pd.Series):
@@ -345,8 +335,13 @@ DIVERGED_NOTE = ("{n} runs diverged (a non-finite loss, score or gradient; `dive
                  "counted apart from the seeds and left out of the scores.")
 
 
+DAMAGED_NOTE = ("{n} damaged record{s} skipped (not valid records of this version; a warning named each file); "
+                "rerunning the command that made them redoes those runs.")
+
+
 def notes(df: pd.DataFrame) -> list[str]:
-    """Footnotes that depend on the records: timings measured in parallel, records ignored, divergence."""
+    """Footnotes that depend on the records: timings measured in parallel, records ignored, divergence,
+    damaged records skipped (report.write sets df.attrs["damaged"])."""
     out = []
     n = pd.to_numeric(df.get("concurrent", pd.Series(dtype=float)), errors="coerce").max()
     if n == n and n > 1:
@@ -355,6 +350,9 @@ def notes(df: pd.DataFrame) -> list[str]:
         total = int(pd.to_numeric(df.get(col, pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
         if total:
             out.append(note.format(n=total))
+    damaged = df.attrs.get("damaged", 0)
+    if damaged:
+        out.append(DAMAGED_NOTE.format(n=damaged, s="s" if damaged > 1 else ""))
     return out
 
 

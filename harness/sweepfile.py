@@ -7,8 +7,9 @@
     slurm_param: {mem_gb: 16, constraint: volta}
 
 Keys are the long option names with '-' or '_'. Every value goes through the same parsing and
-checks as on the command line, and the command line overrides the file. Any problem is one
-`ConfigError` naming the file, the line and the key.
+checks as on the command line, and the command line overrides the file. Any problem (not UTF-8,
+a syntax error, a key given twice, an unknown key, a bad value) is one `ConfigError` naming the
+file, the line and the key.
 """
 from __future__ import annotations
 
@@ -47,25 +48,90 @@ def load(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     return values
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the safe loader keeps the
+    last value silently), reporting a value it cannot build (a date like 2024-13-45) with its line
+    as a YAML error, and reading numbers as YAML 1.2 does: PyYAML follows YAML 1.1, where 5_0 is
+    50, 1:30:00 is 5400 (base 60) and 017 is 15 (octal); here they are words (the option's own
+    parser then says what is wrong, or reads 1:30:00 as a time) and 017 is 17."""
+
+    INT = re.compile(r"[-+]?[0-9]+")
+
+    def construct_decimal_int(self, node):
+        value = self.construct_scalar(node)
+        return int(value) if self.INT.fullmatch(value) else self.construct_yaml_int(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # '<<: *base' overrides on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice (first on line {first[key] + 1})",
+                            key_node.start_mark)
+                    first[key] = key_node.start_mark.line
+                except TypeError:   # an unhashable key: the safe loader says so
+                    continue
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.value!r}: {exc}",
+                                                    node.start_mark) from None
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+UniqueKeyLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT_TAG, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+UniqueKeyLoader.add_constructor(_INT_TAG, UniqueKeyLoader.construct_decimal_int)
+
+
 def _read(path: Path) -> tuple[dict, str]:
+    if path.is_dir():
+        raise ConfigError(f"sweep file '{path}' is a directory, not a file")
     if not path.is_file():
         raise ConfigError(f"sweep file '{path}' does not exist")
-    text = path.read_text()
+    if path.suffix not in (".yaml", ".yml", ".toml"):
+        raise ConfigError(f"sweep file '{path}': expected .yaml, .yml or .toml")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"sweep file '{path}': cannot read it: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path.name} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
     if path.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=UniqueKeyLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"{path.name}{line}: cannot read YAML: {problem}") from None
-    elif path.suffix == ".toml":
+        except RecursionError:
+            raise ConfigError(f"{path.name}: cannot read YAML: nested too deeply") from None
+    else:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path.name}: cannot read TOML: {str(exc).splitlines()[0]}") from None
-    else:
-        raise ConfigError(f"sweep file '{path}': expected .yaml, .yml or .toml")
+        except RecursionError:
+            raise ConfigError(f"{path.name}: cannot read TOML: nested too deeply") from None
     if data is None:
         raise ConfigError(f"{path.name}: the sweep file is empty")
     if not isinstance(data, dict):

@@ -18,26 +18,26 @@ import math
 
 import pandas as pd
 
-from .config import ConfigError, grid_values, parse_spec, unknown
+from .config import ConfigError, grid_values, parse_float, parse_int, parse_spec, unknown
 from .runner import OPTIMIZERS, RunConfig
 
 
 def _positive_float(key, text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
+    value = parse_float(text)
+    if not value > 0:
         raise ValueError
     return value
 
 
 def _clip(key, text):
-    value = float(text)
-    if value < 0 or not math.isfinite(value):
+    value = parse_float(text)
+    if value < 0:
         raise ValueError
     return value or None  # 0 means no clipping, as for --clip
 
 
 def _positive_int(key, text):
-    value = int(text)
+    value = parse_int(text)
     if value <= 0:
         raise ValueError
     return value

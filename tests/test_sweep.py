@@ -217,7 +217,7 @@ def test_backends_give_the_same_records_as_local(tmp_path, local_sweep, backend)
 def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retry(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--methods", f"{NOISY}[mode=[raise,diverge,ok]]", *TINY, "--out", str(out)]
-    assert cli.main(args) == 0
+    assert cli.main(args) == 1                                   # a run failed: exit code 1 (diverged is a result)
     by_mode = {r["config"]["method_params"].get("mode", "ok"): r for r in records(out).values()}
     assert by_mode["raise"]["status"] == "failed" and "deliberate failure at step 2" in by_mode["raise"]["error"]
     assert by_mode["diverge"]["status"] == "diverged"
@@ -230,11 +230,11 @@ def test_failed_and_diverged_runs_are_recorded_the_sweep_goes_on_and_reruns_retr
     assert "to run (2):" in listing and "already done (1):" in listing
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     time.sleep(0.01)
-    assert cli.main(args) == 0                                   # retries the failed and diverged ones only
+    assert cli.main(args) == 1                                   # retries the failed and diverged ones only
     after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert after[by_mode["ok"]["hash"] + ".json"] == mtimes[by_mode["ok"]["hash"] + ".json"]
     assert all(after[by_mode[m]["hash"] + ".json"] != mtimes[by_mode[m]["hash"] + ".json"] for m in ("raise", "diverge"))
-    assert cli.main([*args, "--force"]) == 0                     # --force reruns everything selected
+    assert cli.main([*args, "--force"]) == 1                     # --force reruns everything selected
     forced = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert all(forced[k] != after[k] for k in after)
 
@@ -248,7 +248,7 @@ def test_a_killed_job_is_recorded_failed_and_the_others_finish(tmp_path, capsys,
     args = ["--methods", f"{NOISY}[mode=[ok,die],sleep=[0,0.01]]", *TINY, *backend, "--out", str(out)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SWEEP_TEST_SLEEP", "1")
-        assert cli.main(args) == 0
+        assert cli.main(args) == 1                                    # two runs failed
     by_mode = {}
     for r in records(out).values():
         by_mode.setdefault(r["config"]["method_params"].get("mode", "ok"), []).append(r)
@@ -314,7 +314,8 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, monkeypatch):
         original(file, state)
         saves.append(state["step"])
         if len(saves) == 2:
-            raise KeyboardInterrupt           # as if killed just after the checkpoint at step 4
+            os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C just after the checkpoint at step 4
+            time.sleep(5)                         # (the handler raises before this ends)
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     assert cli.main([*args, "--out", str(tmp_path / "cut")]) == 130
@@ -340,7 +341,8 @@ def test_resume_would_differ_without_the_method_state(tmp_path, monkeypatch):
 
     def die(file, state):
         original(file, state)
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
 
     monkeypatch.setattr(checkpoint, "save", die)
     assert cli.main([*args, "--out", str(tmp_path / "cut")]) == 130

@@ -16,9 +16,10 @@ class Noisy(Method):
     description = "BPTT plus decaying noise from the method's generator; mode=raise|diverge for failures"
     gradient_kind = "approximate"
     hyperparameters = {
-        "mode": Param("ok", str, "ok, raise (at step 2), diverge (nan loss at step 2) or die (the "
-                      "process kills itself at step 2, as the out-of-memory killer or a scheduler would)",
-                      choices=("ok", "raise", "diverge", "die")),
+        "mode": Param("ok", str, "ok, raise (at step 2), diverge (nan loss at step 2), die (the "
+                      "process kills itself at step 2, as the out-of-memory killer or a scheduler would), "
+                      "exit (SystemExit(0) in gradient at step 2) or interrupt (KeyboardInterrupt there)",
+                      choices=("ok", "raise", "diverge", "die", "exit", "interrupt")),
         "sleep": Param(0.0, float, "seconds to sleep per step when SWEEP_TEST_SLEEP is set"),
     }
 
@@ -26,6 +27,10 @@ class Noisy(Method):
         self.steps_seen = 0
 
     def gradient(self, net, batch, rng):
+        if self.steps_seen == 2 and self.mode == "exit":
+            raise SystemExit(0)
+        if self.steps_seen == 2 and self.mode == "interrupt":
+            raise KeyboardInterrupt("raised by the method, not a signal")
         out, _ = run(net, batch.x, net.init_carry(batch.batch_size))
         loss = batch.loss(out)
         grads = grads_of(loss, net)
@@ -34,6 +39,9 @@ class Noisy(Method):
 
     def train_step(self, net, batch, updater, rng):
         self.steps_seen += 1
+        if self.steps_seen == 1 and os.environ.get("SWEEP_TEST_LOG"):   # which process trained which run
+            with open(os.environ["SWEEP_TEST_LOG"], "a") as log:
+                log.write(f"{os.getpid()} {self.mode} {self.sleep}\n")
         if self.sleep and os.environ.get("SWEEP_TEST_SLEEP"):
             time.sleep(self.sleep)
         if self.mode == "die" and self.steps_seen == 2:
