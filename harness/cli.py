@@ -371,7 +371,7 @@ def _main(argv: list[str] | None) -> int:
 
     damaged: list = []
     if args.collect:
-        everything = store.load_all(out, damaged)
+        everything = sorted(store.load_all(out, damaged), key=report.run_order)
         records = everything if configs is None else select(everything, configs)
         if not any(records):
             return error(f"no records in '{out / 'runs'}' to collect" if not everything

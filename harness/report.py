@@ -398,6 +398,13 @@ def legacy_warnings(records: list[dict]) -> list[str]:
     return lines
 
 
+def run_order(r: dict) -> tuple:
+    """Records (whose files are named by hash) in the order a run list would give them."""
+    cfg = r["config"]
+    return (cfg["task"], str(cfg.get("task_params")), cfg["seq_len"], cfg["method"],
+            str(sorted(cfg["method_params"].items())), cfg["seed"])
+
+
 def write(out_dir: Path, records: list[dict] | None = None, damaged: int = 0) -> Path:
     """Write the summary tables, DIR/figures/*.png and DIR/report.md from `records` (default: every
     valid record in DIR/runs; damaged ones are skipped, warned about and counted in the footnote,
@@ -406,9 +413,7 @@ def write(out_dir: Path, records: list[dict] | None = None, damaged: int = 0) ->
     out_dir = Path(out_dir)
     if records is None:   # files are named by hash: order them as a run list would be
         skipped: list = []
-        records = sorted(store.load_all(out_dir, skipped), key=lambda r: (
-            r["config"]["task"], str(r["config"].get("task_params")), r["config"]["seq_len"], r["config"]["method"],
-            str(sorted(r["config"]["method_params"].items())), r["config"]["seed"]))
+        records = sorted(store.load_all(out_dir, skipped), key=run_order)
         damaged += len(skipped)
     records = store.newest([r for r in records if r])   # each run once: its newest record
     for line in legacy_warnings(records):
