@@ -546,7 +546,7 @@ def plot_scaling_seq_len(records: list[dict]):
                     n = [int(np.isfinite(v).sum()) for v in vals]
                     frac = np.array([a / b if b else np.nan for a, b in zip(k, n)])
                     ci = np.array([stats.clopper_pearson(a, b) for a, b in zip(k, n)])
-                    ax.errorbar(dodged, frac, yerr=[frac - ci[:, 0], ci[:, 1] - frac], color=st[label]["color"],
+                    ax.errorbar(dodged, frac, yerr=np.maximum(0, [frac - ci[:, 0], ci[:, 1] - frac]), color=st[label]["color"],
                                 capsize=3, linewidth=0.8, label="_ci", linestyle="none")
                     ax.plot(dodged, frac, label=label, markersize=6, **st[label])
                     continue
@@ -565,7 +565,8 @@ def plot_scaling_seq_len(records: list[dict]):
                     low, high = np.array([c[1] for c in ci]), np.array([c[2] for c in ci])
                     ok = np.isfinite(low)
                     if ok.any():
-                        ax.errorbar(dodged[ok], mid[ok], yerr=[mid[ok] - low[ok], high[ok] - mid[ok]],
+                        # max(0, .): a cosine of 1 + 2e-16 has its interval cut at 1, just below it
+                        ax.errorbar(dodged[ok], mid[ok], yerr=np.maximum(0, [mid[ok] - low[ok], high[ok] - mid[ok]]),
                                     color=st[label]["color"], capsize=3, linewidth=0.8, linestyle="none", label="_ci")
                 ax.plot(dodged, mid, label=label, markersize=6, **st[label])
             values = sorted({xval(r) for r in group})

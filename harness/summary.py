@@ -20,7 +20,7 @@ GROUP = ["method", "params", "task", "seq_len", "eval_seq_len", "cell", "hidden"
 PEERS = [c for c in GROUP if c not in ("method", "params")]
 COLUMNS = GROUP + ["num_steps", "eval_num_steps", "lag", "eval_lag",
                    "tuned", "n_params", "seeds", "failed", "metric", "score_mean", "score_std", "score_ci_low",
-                   "score_ci_high", "solved_threshold", "solved_frac", "solved_ci_low", "solved_ci_high",
+                   "score_ci_high", "scores", "solved_threshold", "solved_frac", "solved_ci_low", "solved_ci_high",
                    "sequences_to_solve_median",
                    "higher_is_better", "verdict", "p_vs_top", "p_holm", "no_test_reason", "chance",
                    "time_ms_per_step", "time_ms_per_step_min", "time_ms_per_step_max", "time_ms_per_update",
