@@ -72,3 +72,11 @@ def styles(labels) -> dict[str, dict]:
             out[lab] = {"color": colour, "linestyle": LINESTYLES[i % len(LINESTYLES)],
                         "marker": marker if i == 0 else VARIANT_MARKERS[(i - 1) % len(VARIANT_MARKERS)]}
     return out
+
+
+def rank(label: str) -> tuple:
+    """Sort key of a method label: the known methods in the order above, then others by name."""
+    name = method_name(label)
+    order = list(KNOWN)
+    return (order.index(name) if name in KNOWN else len(order), name, label)
+

@@ -94,6 +94,7 @@ def truncation(r: dict) -> tuple[str, int] | None:
 
 
 MAX_COLUMNS = 3
+REFERENCE_LINES = {"chance", "exact", "task's lag"}   # legend entries that are not methods
 LABEL_BOX = {"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1}   # text over lines stays legible
 
 
@@ -138,12 +139,15 @@ def _fit_to_lines(ax, bounds: tuple[float, float] = stats.UNBOUNDED) -> None:
 
 
 def _legend(fig, axes, extra: dict | None = None) -> None:
+    """One legend for the figure: the methods in a fixed order (harness/palette.py), then the
+    reference lines (chance, exact, ...) and `extra` entries."""
     handles, labels = {}, []
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
+    labels.sort(key=lambda lab: (0, palette.rank(lab)) if lab not in REFERENCE_LINES else (1, ()))
     for lab, h in (extra or {}).items():
         handles[lab] = h
         labels.append(lab)
