@@ -153,3 +153,34 @@ def test_palette_of_unknown_names_is_the_same_in_another_process():
     # two unknown names in one figure do not share a colour while one is free
     labels = [f"m{i}" for i in range(4)]
     assert len({s["color"] for s in palette.styles(labels).values()}) == 4
+
+
+def _observed_lag(name, T):
+    """The longest input-to-target distance in 512 sequences, found from the batch itself."""
+    import torch
+
+    from harness.registry import TASKS
+    task = TASKS.get(name)(T)
+    b = task.generate(512, torch.Generator().manual_seed(0))
+    ids = b.x.argmax(-1)                                      # [L, B]
+    targets = [t for t in range(b.num_steps) if b.score_mask[t].any()]
+    if name == "copy":                                        # symbol i at step i, recalled at targets[i]
+        return max(t - i for i, t in enumerate(targets))
+    if name == "denoise":                                     # j-th symbol in order of appearance, recalled at targets[j]
+        lags = []
+        for lane in range(512):
+            where = [s for s in range(T) if ids[s, lane] != 0]
+            lags += [targets[j] - s for j, s in enumerate(where)]
+        return max(lags)
+    if name == "adding":                                      # the first marker, answered at the last step
+        return int((b.num_steps - 1 - b.x[:, :, 1].argmax(0)).max())
+    if name == "temporal_order":                              # X or Y (ids 4, 5) first seen, answered at the end
+        first = ((ids == 4) | (ids == 5)).float().argmax(0)
+        return int((b.num_steps - 1 - first).max())
+
+
+@pytest.mark.parametrize("name,T,expected", [("copy", 100, 110), ("copy", 5, 15), ("denoise", 6, 7),
+                                             ("adding", 8, 7), ("temporal_order", 30, 26)])
+def test_declared_lag_matches_the_batches(name, T, expected):
+    from harness.registry import TASKS
+    assert TASKS.get(name)(T).lag == expected == _observed_lag(name, T)
