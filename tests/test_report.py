@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 import matplotlib
+import matplotlib.pyplot
 
 from harness import palette, report, runner, store, summary
 from harness.cli import build_configs, main, make_parser
@@ -17,6 +18,12 @@ TINY = ["--steps", "3", "--hidden", "4", "--batch", "2", "--eval-batches", "1", 
         "--quiet"]
 FIGURES = {"learning_sequences.png", "learning_updates.png", "learning_wall_s.png", "fidelity.png", "costs.png",
            "credit_by_lag.png", "scaling_seq_len.png", "scaling_tbptt_k.png"}
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    matplotlib.pyplot.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +268,26 @@ def test_log_x_when_updates_span_decades(out):
     assert all(x > 0 for line in ax.get_lines() if line.get_label() != "chance" for x in line.get_xdata())
     labels = [report._count(v) for v in (150000, 2500000, 1000, 0.5)]
     assert labels == ["150k", "2.5M", "1k", "0.5"]
+
+
+def test_diagnostics_and_shared_fidelity_are_plotted_when_recorded(out):
+    records = [r for r in store.load_all(out) if r["config"]["task"] == "copy"]
+    assert not any(name == "diagnostics.png" for name, fig, _ in report.figures(records))
+    tagged = []
+    for r in records:
+        curve = [{**p, "diagnostics": {"attention_entropy": 1.0 + p["step"]}} for p in r["curve"]]
+        fidelity = [{**f, "reference_solved": i > 0} for i, f in enumerate(r["fidelity"])]
+        tagged.append({**r, "curve": curve, "fidelity": fidelity,
+                       "fidelity_reference": {"method": "bptt", "label": "bptt", "hash": "0" * 20}})
+    made = {name: (fig, caption) for name, fig, caption in report.figures(tagged)}
+    fig, _ = made["diagnostics.png"]
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    assert ax.get_ylabel() == "attention entropy"
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "bptt"]
+    np.testing.assert_allclose(line.get_ydata(), [1.0 + p["step"] for p in records[0]["curve"]])
+    fig, caption = made["fidelity.png"]
+    assert "shared parameters" in caption and "tbptt[k=3] → bptt" in caption
+    ax = next(ax for ax in fig.axes if ax.get_visible() and ax.get_title())
+    hollow = [line for line in ax.get_lines() if line.get_label() == "_seed" and line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 2 and all(line.get_xdata()[0] == 0 for line in hollow)   # not solved at initialisation
+    assert "shared parameters" in ax.get_ylabel()
