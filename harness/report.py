@@ -550,8 +550,8 @@ def plot_scaling_seq_len(records: list[dict]):
                     n = [int(np.isfinite(v).sum()) for v in vals]
                     frac = np.array([a / b if b else np.nan for a, b in zip(k, n)])
                     ci = np.array([stats.clopper_pearson(a, b) for a, b in zip(k, n)])
-                    ax.errorbar(dodged, frac, yerr=np.maximum(0, [frac - ci[:, 0], ci[:, 1] - frac]), color=st[label]["color"],
-                                capsize=3, linewidth=0.8, label="_ci", linestyle="none")
+                    ax.errorbar(dodged, frac, yerr=np.maximum(0, [frac - ci[:, 0], ci[:, 1] - frac]),
+                                color=st[label]["color"], capsize=3, linewidth=0.8, label="_ci", linestyle="none")
                     ax.plot(dodged, frac, label=label, markersize=6, **st[label])
                     continue
                 for x, v in zip(dodged, vals):

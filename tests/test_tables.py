@@ -166,7 +166,7 @@ def _observed_lag(name, T):
     targets = [t for t in range(b.num_steps) if b.score_mask[t].any()]
     if name == "copy":                                        # symbol i at step i, recalled at targets[i]
         return max(t - i for i, t in enumerate(targets))
-    if name == "denoise":                                     # j-th symbol in order of appearance, recalled at targets[j]
+    if name == "denoise":                                     # the j-th symbol to appear is recalled at targets[j]
         lags = []
         for lane in range(512):
             where = [s for s in range(T) if ids[s, lane] != 0]
