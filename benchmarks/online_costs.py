@@ -155,8 +155,9 @@ def main(argv=None):
     cmd = "python benchmarks/online_costs.py" + (" --quick" if args.quick else "")
     md = (f"# Online methods: cost per time step and stochastic-gradient quality\n\n`{cmd}`; {env}.\n\n"
           "## Time and memory per time step (one training step over the sequence, divided by L)\n\n"
-          + tabulate(cost_df, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g")
-          + "\n\n`gemm_floor_ms_per_step`: rtrl's matrix product per step (H x H by H x (H V) per lane, in its blocked shape) timed alone in this run.\n\n"
+          + tabulate(cost_df.rename(columns=lambda c: c.replace("ms_per_step", "ms_per_time_step")), headers="keys",
+                     tablefmt="github", showindex=False, floatfmt=".4g")
+          + "\n\n`gemm_floor_ms_per_time_step`: rtrl's matrix product per step (H x H by H x (H V) per lane, in its blocked shape) timed alone in this run.\n\n"
           f"## Bias and variance over K={K} draws at fixed parameters (initialisation)\n\n"
           + tabulate(fid_df, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g") + "\n")
     md += "\n## Targets (ratios from this run)\n\n" + targets(cost_df) + "\n"

@@ -118,8 +118,9 @@ def make_parser() -> Parser:
     p.add_argument("--hidden", type=positive, default=64)
     p.add_argument("--batch", type=positive, default=32)
     p.add_argument("--steps", type=positive, default=1000, help="training steps (batches of whole sequences)")
-    p.add_argument("--seeds", type=at_most(limits.MAX_SEEDS), default=2,
-                   help=f"number of seeds (0..N-1), at most {limits.MAX_SEEDS}")
+    p.add_argument("--seeds", type=at_most(limits.MAX_SEEDS), default=3,
+                   help=f"number of seeds (0..N-1), at most {limits.MAX_SEEDS}; fewer than 3 give no interval "
+                        f"and no test")
     p.add_argument("--optimizer", choices=sorted(runner.OPTIMIZERS), default="adam")
     p.add_argument("--lr", type=number, default=1e-2)
     p.add_argument("--clip", type=nonnegative, default=1.0, help="gradient-norm clipping; 0 for none")

@@ -190,7 +190,7 @@ def train(cfg: RunConfig, progress: bool = False, checkpoint_every: int | None =
     record = {"n_params": sum(p.numel() for p in net.parameters()), "method_label": method.label,
               "gradient_kind": method.gradient_kind, "chance": task.chance, "metric": task.metric,
               "higher_is_better": task.higher_is_better, "solved_threshold": task.solved_threshold,
-              "num_steps": task.num_steps,
+              "num_steps": task.num_steps, "lag": task.lag, "eval_lag": eval_task.lag,
               "eval_num_steps": eval_task.num_steps, "curve": [], "fidelity_own": [], "status": "running"}
     memory = {}
     wall, losses = 0.0, []

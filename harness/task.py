@@ -114,6 +114,15 @@ class Task:
         return self.seq_len
 
     @property
+    def lag(self) -> int | None:
+        """The task's dependency lag: the longest distance, in time steps, from an input that a
+        target needs to the step where that target is scored (copy T=100: 110). Tables show it beside
+        T and L, and the credit-by-lag figure marks it. Default L - 1 (the last target needs the
+        first input); None where no such bound exists (a language model, a teacher whose memory
+        fades)."""
+        return self.num_steps - 1
+
+    @property
     def chance(self) -> float:
         raise NotImplementedError
 

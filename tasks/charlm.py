@@ -85,6 +85,11 @@ class CharLM(Task):
         return len(self.vocab)
 
     @property
+    def lag(self):
+        # text has no longest dependency: a prediction may use any earlier character of the window
+        return None
+
+    @property
     def chance(self):
         return math.log2(len(self.vocab))
 

@@ -40,6 +40,11 @@ class Copy(Task):
         return self.seq_len + 2 * N_COPY
 
     @property
+    def lag(self):
+        # symbol i, read at step i, is recalled at step T + 10 + i
+        return self.seq_len + N_COPY
+
+    @property
     def chance(self):
         return 1.0 / N_SYMBOLS
 

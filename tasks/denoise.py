@@ -43,6 +43,12 @@ class Denoise(Task):
         return self.seq_len + 1 + self.n
 
     @property
+    def lag(self):
+        # the j-th symbol (0-based, at step p_j >= j) is recalled at step T + 1 + j: the lag
+        # T + 1 + j - p_j is longest, T + 1, when the symbols fill the first steps
+        return self.seq_len + 1
+
+    @property
     def chance(self):
         return 1.0 / self.symbols
 

@@ -61,6 +61,11 @@ class Mimic(Task):
         return self.outputs
 
     @property
+    def lag(self):
+        # no fixed lag: the teacher's memory fades with a time constant of about tau / (1 - gain) steps
+        return None
+
+    @property
     def chance(self):
         return 1.0
 

@@ -32,6 +32,11 @@ class TemporalOrder(Task):
     def chance(self):
         return 0.25
 
+    @property
+    def lag(self):
+        # the first relevant symbol, at step t1 >= its window's start, is answered at step T - 1
+        return self.seq_len - 1 - self.windows()[0][0]
+
     def windows(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """Inclusive ranges of t1 and t2."""
         T = self.seq_len

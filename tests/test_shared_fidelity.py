@@ -252,7 +252,7 @@ def test_cosines_over_seeds_are_median_and_range_never_a_mean():
     assert row["grad_cosine_recurrent_seeds"] == [0.996, -0.189, 0.5]
     assert row["fidelity_seeds"] == 3 and row["reference"] == "bptt" and row["reference_solved"] == 0.0
     shown = summary.display(table).iloc[0]
-    assert shown["cos rec"] == "0.500 [-0.189, 0.996]"
+    assert shown["cos rec"] == "0.500 (-0.189–0.996)"
 
 
 def test_diverged_runs_are_counted_apart_and_no_mean_takes_a_nan():
