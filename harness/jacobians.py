@@ -1,23 +1,38 @@
-"""Immediate Jacobians of one cell step, per lane, without reverse-mode torch.func (which refuses to run
-under the saved-bytes meter) and without finite differences.
+"""One-step derivatives of the cells, per lane, for forward-mode (online) methods: without
+reverse-mode torch.func (which refuses to run under the saved-bytes meter) and without finite
+differences.
 
 Every cell in torch's layout sees its weights only through the two pre-activations
     gi = W_ih x + b_ih,   gh = W_hh h + b_hh,
 so d state'/d theta is known from D_i = d state'/d gi and D_h = d state'/d gh: the W_ih block is
 D_i (x) x^T, the b_ih block D_i, and likewise for the hidden side. `STEP_FROM_PREACTIVATIONS` holds each
-cell's formula as a function of (gi, gh, state) (the formulas of the cells' docstrings; a test checks
-them against the fused kernels); its derivatives are taken by forward-mode AD (`torch.func.jvp`).
+cell's formula as a function of (gi, gh, state) (the formulas of the cells' docstrings;
+tests/test_online.py checks them against the cells); `lane_jacobians` takes its derivatives by
+forward-mode AD (`torch.func.jvp`).
+
+Every cell is also unit-wise: unit k's next state (h_k, and c_k for the LSTM) depends only on unit
+k's own pre-activations (rows g = j H + k of gi and gh, one per gate j) and, directly, on unit k's own
+state. `unit_jacobians` gives those derivatives in closed form, in the layout of the parameter rows
+(what SnAp-1, e-prop and RFLO carry); a test checks them against `lane_jacobians`.
 """
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from harness.models import GRUCell, LSTMCell, RNNCell
+from harness.models import GRUCell, LeakyRNNCell, LSTMCell, RNNCell
 
 
 def _rnn(gi, gh, state):
     return (torch.tanh(gi + gh),)
+
+
+def _leaky(gi, gh, state, a):
+    (h,) = state
+    return ((1 - a) * h + a * torch.tanh(gi + gh),)
 
 
 def _lstm(gi, gh, state):
@@ -36,14 +51,16 @@ def _gru(gi, gh, state):
     return ((1 - z) * n + z * h,)
 
 
-STEP_FROM_PREACTIVATIONS = {RNNCell: _rnn, LSTMCell: _lstm, GRUCell: _gru}
+STEP_FROM_PREACTIVATIONS = {RNNCell: _rnn, LSTMCell: _lstm, GRUCell: _gru, LeakyRNNCell: _leaky}
 
 
 def step_function(cell):
+    """The cell's step as a function of (gi, gh, state) -> next state (a tuple)."""
     try:
-        return STEP_FROM_PREACTIVATIONS[type(cell)]
+        f = STEP_FROM_PREACTIVATIONS[type(cell)]
     except KeyError:
         raise TypeError(f"no pre-activation form for {type(cell).__name__}") from None
+    return functools.partial(f, a=cell.alpha) if isinstance(cell, LeakyRNNCell) else f
 
 
 def preactivations(cell, x, h):
@@ -70,3 +87,51 @@ def lane_jacobians(cell, gi, gh, state):
     _, cols = torch.func.jvp(lambda a, b, c: torch.cat(step(a, b, split_state(c, n)), -1), primals, tangents)
     jac = cols.permute(1, 2, 0)                     # [B, S, C]
     return jac[..., :G], jac[..., G:2 * G], jac[..., 2 * G:]
+
+
+@dataclass
+class UnitJacobians:
+    """The one-step derivatives of each unit's own state, per lane, for state components s (h; and c
+    for the LSTM) in the cell's `state_names` order:
+
+    Ci[s]     [B, G]  d s'_k / d gi_g for every parameter row g, k = g mod H being the row's unit
+    Ch[s]     [B, G]  the same by gh (the same tensor as Ci[s] where the cell uses gi + gh)
+    Ds[s][r]  [B, H]  d s'_k / d r_k directly (not through gh = W_hh h + b_hh); a float where it is the
+                      same for every unit and lane (the leak), None where it is zero by construction
+
+    So the W_ih row g of unit k moves s'_k by Ci[s][:, g] [x_t; 1] (and no other unit), the W_hh row by
+    Ch[s][:, g] [h_{t-1}; 1]."""
+
+    Ci: list[torch.Tensor]
+    Ch: list[torch.Tensor]
+    Ds: list[list[torch.Tensor | float | None]]
+
+
+def unit_jacobians(cell, gi, gh, state) -> UnitJacobians:
+    """`UnitJacobians` of one step of `cell` from `state` with pre-activations (gi, gh), in closed form."""
+    if isinstance(cell, (RNNCell, LeakyRNNCell)):
+        a = cell.alpha if isinstance(cell, LeakyRNNCell) else 1.0
+        t = torch.tanh(gi + gh)
+        d = (1 - t * t) * a if a != 1.0 else 1 - t * t
+        return UnitJacobians([d], [d], [[1 - a if a != 1.0 else None]])
+    if isinstance(cell, LSTMCell):
+        h, c = state
+        i, f, g, o = (gi + gh).chunk(4, -1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c_new = f * c + i * g
+        tc = torch.tanh(c_new)
+        dh_dc = o * (1 - tc * tc)                      # d h'_k / d c'_k
+        dc = torch.cat([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), torch.zeros_like(o)], -1)
+        dh = dc * dh_dc.repeat(1, 4)
+        dh[:, 3 * c.shape[1]:] = tc * o * (1 - o)
+        return UnitJacobians([dh, dc], [dh, dc], [[None, dh_dc * f], [None, f]])
+    if isinstance(cell, GRUCell):
+        (h,) = state
+        ir, iz, in_ = gi.chunk(3, -1)
+        hr, hz, hn = gh.chunk(3, -1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        n = torch.tanh(in_ + r * hn)
+        dn = (1 - z) * (1 - n * n)                     # d h'_k / d (pre-activation of n_k)
+        dr, dz = dn * hn * r * (1 - r), (h - n) * z * (1 - z)
+        return UnitJacobians([torch.cat([dr, dz, dn], -1)], [torch.cat([dr, dz, dn * r], -1)], [[z]])
+    raise TypeError(f"no unit Jacobians for {type(cell).__name__}")

@@ -1,13 +1,35 @@
-"""What the online methods (rtrl, uoro, kf_rtrl) share: the forward pass that carries an estimate of
-d state / d theta alongside the state, per lane, and turns each step's loss into a gradient.
+"""The public base of forward-mode (online) methods: RTRL and its approximations (rtrl, uoro, kf_rtrl,
+snap1, eprop, rflo), and yours (README, "Adding an online method").
 
-The network is run step by step under `torch.no_grad` (the fused cell kernels, so the states are the
-reference's); only the readout's one-step graph is built, to get d loss_t / d state_t and the readout's
-own gradient, so autograd holds one step at a time and the method's memory is its carried estimator
-state. A subclass keeps that state and implements `begin` (reset every lane at the start of its
-sequence), `advance` (one step of its recursion) and `credit` (add delta_t . estimate_t to the cell's
-gradient). The cell's gradient is kept as one [G, I+1+H+1] matrix, the columns being the input vector
-v_t = [x_t; 1; h_{t-1}; 1] every weight and bias multiplies: W_ih | b_ih | W_hh | b_hh.
+Such a method carries, per lane of the batch, an estimate of the influence d state_t / d theta of the
+cell's parameters on its state, alongside the state, and turns each step's loss into gradient at once:
+
+    for t = 1..L:   state_t = cell(x_t, state_{t-1})                     (no graph: torch.no_grad)
+                    advance(cell, x_t, state_{t-1}, state_t, rng)          your recursion
+                    if step t has loss terms:
+                        delta_t = d loss_t / d state_t                       (one step of autograd, readout only)
+                        credit(learning_signal(net, delta_t, d loss_t / d y_t))   your credit step
+                    every `update_every` steps (training): apply the gradient so far and start a new one
+
+The network runs step by step under `torch.no_grad` (the fused cell kernels, so the states are the
+reference's); only the readout's one-step graph is built, to get delta_t and the readout's own gradient,
+so autograd holds one step at a time and the method's memory is its carried estimator state. A subclass
+implements
+
+- `begin(cell, batch_size)`: reset every lane's estimate (once per sequence: each lane is a new sequence);
+- `advance(cell, x, prev, new, rng)`: one step of its recursion, from carry `prev` to carry `new` (tuples
+  of [B, H] tensors in the cell's `state_names` order: (h,) or, for the LSTM, (h, c)) on input x [B, I];
+- `credit(signal)`: add the step's gradient to `self.grad`, given signal [B, S] (S = the state tensors
+  concatenated; by default delta_t);
+- `carried()`: the tensors it carries from step to step (counted as its state bytes);
+
+and declares `cells` (the cells it supports) and `refusal(cell)` (why it refuses the others: the
+one-line error of a run that asks for one). It may override `learning_signal` (RFLO replaces the
+readout's transpose by a fixed random matrix).
+
+The cell's gradient `self.grad` is one [G, I+1+H+1] matrix (G = gates x H rows, torch's layout): its
+columns are the input vector v_t = [x_t; 1; h_{t-1}; 1] that every weight and bias row multiplies, i.e.
+W_ih | b_ih | W_hh | b_hh. The one-step derivatives of the cells are in `harness.jacobians`.
 """
 from __future__ import annotations
 
@@ -43,26 +65,37 @@ class OnlineMethod(Method):
     credit_by_lag = None
     trace: list | None = None   # tests set a list: per step, the norms of each rescaled term's two factors
 
+    def refusal(self, cell: str) -> str:
+        """Why this method does not run on `cell` (one line, no full stop): the reason in the error."""
+        return "its recursion is not implemented for this cell"
+
     def check(self, spec):
         if spec.cell not in self.cells:
-            raise ConfigError(f"method {self.name}: cell '{spec.cell}' is not supported (the factorisation "
-                              f"does not apply); supported: {', '.join(self.cells)}")
+            raise ConfigError(f"method {self.name}: cell '{spec.cell}' is not supported ({self.refusal(spec.cell)}); "
+                              f"supported: {', '.join(self.cells)}")
 
     # --- the estimator, per subclass -------------------------------------------------------------
     def begin(self, cell, batch_size: int) -> None:
+        """Reset the estimate of every lane (the start of its sequence)."""
         raise NotImplementedError
 
     def advance(self, cell, x, prev, new, rng) -> None:
         """One step of the forward recursion, from carry `prev` to `new` on input `x`."""
         raise NotImplementedError
 
-    def credit(self, delta: torch.Tensor) -> None:
-        """self.grad += the step's gradient from delta = d loss_t / d state_t [B, S]."""
+    def credit(self, signal: torch.Tensor) -> None:
+        """self.grad += the step's gradient from signal [B, S] (by default delta_t = d loss_t / d state_t)."""
         raise NotImplementedError
 
     def carried(self) -> list[torch.Tensor]:
         """The estimator state carried from one step to the next."""
         raise NotImplementedError
+
+    def learning_signal(self, net, delta: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+        """The signal credited against the estimate: delta [B, S] = d loss_t / d state_t, the exact
+        immediate derivative (d_out [B, out] = d loss_t / d y_t pulled back through the readout).
+        Feedback-alignment methods pull d_out back through another matrix."""
+        return delta
 
     # --- shared ------------------------------------------------------------------------------
     def signs(self, rng, shape, like: torch.Tensor) -> torch.Tensor:
@@ -71,6 +104,7 @@ class OnlineMethod(Method):
 
     @staticmethod
     def input_vector(x, h_prev):
+        """v_t = [x_t; 1; h_{t-1}; 1], the columns of the cell's gradient."""
         one = x.new_ones(x.shape[0], 1)
         return torch.cat([x, one, h_prev, one], 1)
 
@@ -104,13 +138,14 @@ class OnlineMethod(Method):
             carry = new
             if batch.mask[t].any():
                 leaves = [c.detach().requires_grad_() for c in carry]
-                loss = batch.loss(readout(net.hidden(tuple(leaves)))[None], t, t + 1)
-                *deltas, gw, gb = torch.autograd.grad(loss, leaves + list(readout.parameters()),
-                                                      allow_unused=True)
+                out = readout(net.hidden(tuple(leaves)))
+                loss = batch.loss(out[None], t, t + 1)
+                *deltas, d_out, gw, gb = torch.autograd.grad(loss, leaves + [out] + list(readout.parameters()),
+                                                             allow_unused=True)
                 total += loss.item()
                 delta = torch.cat([torch.zeros_like(c) if d is None else d for c, d in zip(carry, deltas)], 1)
                 with torch.no_grad():
-                    self.credit(delta)
+                    self.credit(self.learning_signal(net, delta, d_out))
                 readout_grads[0] += gw
                 readout_grads[1] += gb
             if updater is not None and ((t + 1) % every == 0 or t == L - 1):
