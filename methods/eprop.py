@@ -40,7 +40,6 @@ class EProp(UnitwiseInfluence):
              "for recurrent networks of spiking neurons, Nature Communications 2020")
     gradient_kind = "approximate"
     hyperparameters = ONLINE_PARAMS
-    test_params = [{}, {"update_every": 2}]
     exact_regimes = [Regime("W_hh = 0: no recurrent input, so the eligibility traces are the exact influence",
                             prepare=zero_recurrent_weights)]
 
