@@ -107,6 +107,26 @@ class UnitJacobians:
     Ds: list[list[torch.Tensor | float | None]]
 
 
+@dataclass
+class LSTMParts:
+    """One LSTM step's gates and the derivatives of (h', c') by what feeds them (per lane, [B, H]
+    each, dc_dpre [B, 3H]): c' = f c + i g, h' = o tanh(c')."""
+
+    f: torch.Tensor
+    o: torch.Tensor
+    dc_dpre: torch.Tensor     # d c' / d (pre-activations of i, f, g): g i (1 - i) | c f (1 - f) | i (1 - g^2)
+    dh_dc: torch.Tensor       # d h' / d c' = o (1 - tanh(c')^2)
+    dh_dpre_o: torch.Tensor   # d h' / d (pre-activation of o) = tanh(c') o (1 - o)
+
+
+def lstm_parts(gi, gh, c) -> LSTMParts:
+    i, f, g, o = (gi + gh).chunk(4, -1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    tc = torch.tanh(f * c + i * g)
+    return LSTMParts(f, o, torch.cat([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g)], -1), o * (1 - tc * tc),
+                     tc * o * (1 - o))
+
+
 def unit_jacobians(cell, gi, gh, state) -> UnitJacobians:
     """`UnitJacobians` of one step of `cell` from `state` with pre-activations (gi, gh), in closed form."""
     if isinstance(cell, (RNNCell, LeakyRNNCell)):
@@ -115,16 +135,11 @@ def unit_jacobians(cell, gi, gh, state) -> UnitJacobians:
         d = (1 - t * t) * a if a != 1.0 else 1 - t * t
         return UnitJacobians([d], [d], [[1 - a if a != 1.0 else None]])
     if isinstance(cell, LSTMCell):
-        h, c = state
-        i, f, g, o = (gi + gh).chunk(4, -1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c_new = f * c + i * g
-        tc = torch.tanh(c_new)
-        dh_dc = o * (1 - tc * tc)                      # d h'_k / d c'_k
-        dc = torch.cat([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), torch.zeros_like(o)], -1)
-        dh = dc * dh_dc.repeat(1, 4)
-        dh[:, 3 * c.shape[1]:] = tc * o * (1 - o)
-        return UnitJacobians([dh, dc], [dh, dc], [[None, dh_dc * f], [None, f]])
+        lstm = lstm_parts(gi, gh, state[1])
+        dc = torch.cat([lstm.dc_dpre, torch.zeros_like(lstm.o)], -1)
+        dh = dc * lstm.dh_dc.repeat(1, 4)
+        dh[:, 3 * lstm.o.shape[1]:] = lstm.dh_dpre_o
+        return UnitJacobians([dh, dc], [dh, dc], [[None, lstm.dh_dc * lstm.f], [None, lstm.f]])
     if isinstance(cell, GRUCell):
         (h,) = state
         ir, iz, in_ = gi.chunk(3, -1)

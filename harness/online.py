@@ -102,6 +102,17 @@ class OnlineMethod(Method):
         """Independent uniform signs from the run's method stream (tests replace this to enumerate)."""
         return torch.randint(0, 2, shape, generator=rng, dtype=like.dtype).to(like.device).mul_(2).sub_(1)
 
+    def zeroed_buffer(self, slot, shape, like: torch.Tensor) -> torch.Tensor:
+        """A zeroed tensor of `like`'s dtype and device, kept from one sequence to the next under the name
+        `slot` (a large fresh tensor costs page faults on first touch, every sequence)."""
+        cache = self.__dict__.setdefault("_buffers", {})
+        t = cache.get(slot)
+        if t is None or t.shape != torch.Size(shape) or t.dtype != like.dtype or t.device != like.device:
+            t = cache[slot] = like.new_zeros(shape)
+        else:
+            t.zero_()
+        return t
+
     @staticmethod
     def input_vector(x, h_prev):
         """v_t = [x_t; 1; h_{t-1}; 1], the columns of the cell's gradient."""

@@ -32,58 +32,80 @@ class UnitwiseInfluence(OnlineMethod):
         return unit_jacobians(cell, *preactivations(cell, x, prev[0]), prev)
 
     def begin(self, cell, B):
-        G, V = cell.weight_hh.shape[0], cell.input_size + cell.hidden_size + 2
+        G, V, n = cell.weight_hh.shape[0], cell.input_size + cell.hidden_size + 2, len(cell.state_names)
         assert cell.state_names[0] == "h"
-        self.m = [cell.weight_hh.new_zeros(G, B, V) for _ in cell.state_names]
-        self.work = [torch.empty_like(m) for m in self.m] if len(self.m) > 1 else []
+        # A component that no J[s][r] reads and that reads none has no memory: its influence is the
+        # step's immediate term, formed only when credited (e-prop's tanh RNN). J's pattern is fixed per cell.
+        zero = cell.weight_hh.new_zeros(1, G)
+        J = self.unit_jacobian(cell, unit_jacobians(cell, zero, zero, tuple(zero[:, :cell.hidden_size]
+                                                                            for _ in range(n))), 1)
+        self.kept = [r for r in range(n) if any(J[s][r] is not None for s in range(n))
+                     or any(J[r][s] is not None for s in range(n))]
+        w = cell.weight_hh
+        self.m = [self.zeroed_buffer(("m", r), (G, B, V), w) if r in self.kept else None for r in range(n)]
+        # components that mix need a second buffer (a workspace: m_{t-1} is read while m_t is written)
+        self.work = [self.zeroed_buffer(("work", r), (G, B, V), w) if r in self.kept and len(self.kept) > 1
+                     else None for r in range(n)]
 
     def advance(self, cell, x, prev, new, rng):
         units = self.unit_terms(cell, x, prev, new)
         J = self.unit_jacobian(cell, units, x.shape[0])
         gates, I = cell.weight_hh.shape[0] // cell.hidden_size, cell.input_size
-
-        def rows(t):   # [B, H] per unit -> [G, B, 1] per parameter row (g = j H + k)
-            return t.repeat(1, gates).T[:, :, None]
-
-        v = self.input_vector(x, prev[0])[None]        # [1, B, V]
-        n = len(self.m)
-        out = self.m if n == 1 else self.work          # one component: in place
-        for s in range(n):
-            m = out[s]
-            terms = [(r, J[s][r]) for r in range(n) if J[s][r] is not None]
-            if n == 1:
-                if terms:
-                    j = terms[0][1]
-                    m.mul_(j if isinstance(j, float) else rows(j))
+        v = self.input_vector(x, prev[0])
+        mixing = len(self.kept) > 1
+        if mixing:
+            self.m, self.work = self.work, self.m            # work: m_{t-1}; m: overwritten below
+        old = self.work if mixing else self.m
+        for s in self.kept:
+            m, first = self.m[s], True
+            for r in range(len(J)):
+                j = J[s][r]
+                if j is None:
+                    continue
+                j = j if isinstance(j, float) else unit_rows(j, gates)
+                if first:
+                    torch.mul(old[r], j, out=m) if mixing else m.mul_(j)
+                elif isinstance(j, float):
+                    m.add_(old[r], alpha=j)
                 else:
-                    m.zero_()
-            else:
+                    m.addcmul_(old[r], j)
+                first = False
+            if first:
                 m.zero_()
-                for r, j in terms:
-                    if isinstance(j, float):
-                        m.add_(self.m[r], alpha=j)
-                    else:
-                        m.addcmul_(self.m[r], rows(j))
-            if units.Ci[s] is units.Ch[s]:
-                m.addcmul_(rows_g(units.Ci[s]), v)
-            else:
-                m[..., :I + 1].addcmul_(rows_g(units.Ci[s]), v[..., :I + 1])
-                m[..., I + 1:].addcmul_(rows_g(units.Ch[s]), v[..., I + 1:])
-        if n > 1:
-            self.m, self.work = self.work, self.m
+            add_immediate(m, units.Ci[s], units.Ch[s], v, I)
+        self.step_terms = (units, v, gates, I)
 
     def credit(self, signal):
+        units, v, gates, I = self.step_terms
         H = signal.shape[1] // len(self.m)
-        gates = self.m[0].shape[0] // H
         for s, m in enumerate(self.m):
             sig = signal[:, s * H:(s + 1) * H]
-            if sig.any():   # the LSTM's readout never sees c: its signal is zero
-                self.grad += torch.bmm(sig.repeat(1, gates).T[:, None, :], m)[:, 0]
+            if not sig.any():   # the LSTM's readout never sees c: its signal is zero
+                continue
+            if m is not None:
+                self.grad += torch.bmm(unit_rows(sig, gates).view(-1, 1, sig.shape[0]), m)[:, 0]
+                continue
+            rows = unit_rows(sig, gates)[..., 0]                                      # [G, B]
+            if units.Ci[s] is units.Ch[s]:
+                self.grad += (rows * units.Ci[s].T) @ v
+            else:
+                self.grad[:, :I + 1] += (rows * units.Ci[s].T) @ v[:, :I + 1]
+                self.grad[:, I + 1:] += (rows * units.Ch[s].T) @ v[:, I + 1:]
 
     def carried(self):
-        return list(self.m)
+        return [t for t in self.m if t is not None]
 
 
-def rows_g(c: torch.Tensor) -> torch.Tensor:
-    """[B, G] per parameter row -> [G, B, 1]."""
-    return c.T[:, :, None]
+def unit_rows(t: torch.Tensor, gates: int) -> torch.Tensor:
+    """[B, H] per unit -> [G, B, 1] per parameter row g = j H + k, contiguous (a transposed operand is
+    several times slower)."""
+    return t.T.repeat(gates, 1)[:, :, None]
+
+
+def add_immediate(m, Ci, Ch, v, I):
+    """m [G, B, V] += Ci [B, G] (x) [x; 1] | Ch [B, G] (x) [h; 1]."""
+    if Ci is Ch:
+        m.addcmul_(Ci.T.contiguous()[:, :, None], v[None])
+    else:
+        m[..., :I + 1].addcmul_(Ci.T.contiguous()[:, :, None], v[None, :, :I + 1])
+        m[..., I + 1:].addcmul_(Ch.T.contiguous()[:, :, None], v[None, :, I + 1:])

@@ -28,9 +28,13 @@ enters the gates (gh = W_hh h_{t-1}.detach() + b_hh), the cell's other paths kep
 Exact when W_hh = 0 (the dropped path carries nothing; the conformance suite checks it on every cell).
 Cost per step O(B P); carried state B x S_unit x P.
 """
+import torch
+
+from harness.jacobians import lstm_parts, preactivations
 from harness.method import Regime, zero_recurrent_weights
+from harness.models import LSTMCell
 from harness.online import ONLINE_PARAMS
-from methods._unitwise import UnitwiseInfluence
+from methods._unitwise import UnitwiseInfluence, unit_rows
 
 
 class EProp(UnitwiseInfluence):
@@ -45,3 +49,34 @@ class EProp(UnitwiseInfluence):
 
     def unit_jacobian(self, cell, units, B):
         return units.Ds   # d h_j^t / d h_j^{t-1} through the unit's own state only
+
+    # The LSTM as in the paper: eps on c for the rows of i, f, g only (the o rows never reach c), and
+    # e formed from eps^t when a learning signal arrives (the generic per-unit path would carry e too).
+    def begin(self, cell, B):
+        self.lstm = isinstance(cell, LSTMCell)
+        if not self.lstm:
+            return super().begin(cell, B)
+        H = cell.hidden_size
+        self.eps = self.zeroed_buffer("eps", (3 * H, B, cell.input_size + H + 2), cell.weight_hh)
+
+    def advance(self, cell, x, prev, new, rng):
+        if not self.lstm:
+            return super().advance(cell, x, prev, new, rng)
+        lstm = lstm_parts(*preactivations(cell, x, prev[0]), prev[1])
+        v = self.input_vector(x, prev[0])
+        # eps^t = f^t eps^{t-1} + (d c^t / d pre) v^t
+        self.eps.mul_(unit_rows(lstm.f, 3)).addcmul_(lstm.dc_dpre.T.contiguous()[:, :, None], v[None])
+        self.step_terms = (lstm, v)
+
+    def credit(self, signal):
+        if not self.lstm:
+            return super().credit(signal)
+        lstm, v = self.step_terms
+        H = lstm.f.shape[1]
+        L = signal[:, :H]                                   # L^t (the signal on c is zero: the readout reads h)
+        # i, f, g rows: e^t = o tanh'(c^t) eps^t; o rows: e^t = sigma'(o) tanh(c^t) v^t
+        self.grad[:3 * H] += torch.bmm(unit_rows(L * lstm.dh_dc, 3).view(3 * H, 1, -1), self.eps)[:, 0]
+        self.grad[3 * H:] += (L * lstm.dh_dpre_o).T @ v
+
+    def carried(self):
+        return [self.eps] if self.lstm else super().carried()
