@@ -41,7 +41,7 @@ class RunConfig:
     seq_len: int = 50
     eval_seq_len: int | None = None
     cell: str = "lstm"
-    tau: float | None = None          # time constant of the leaky cell (None: the cell's default; no other cell has one)
+    tau: float | None = None          # the leaky cell's time constant (None: its default; other cells: none)
     hidden: int = 64
     batch: int = 32
     steps: int = 200

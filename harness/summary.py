@@ -36,7 +36,7 @@ def record_row(r: dict) -> dict:
            "task": cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
                                   if cfg.get("task_params") else ""),
            "seq_len": cfg["seq_len"], "eval_seq_len": cfg.get("eval_seq_len") or cfg["seq_len"],
-           "cell": cfg["cell"] + (f"[tau={cfg['tau']:g}]" if cfg.get("tau") is not None else ""), "hidden": cfg["hidden"], "seed": cfg["seed"], "status": r.get("status"),
+           "cell": _cell(cfg), "hidden": cfg["hidden"], "seed": cfg["seed"], "status": r.get("status"),
            "n_params": r.get("n_params"), "metric": r.get("metric"), "chance": r.get("chance"),
            "threads": cfg.get("threads"), "device": cfg.get("device"), "tuned": r.get("tuned", ""),
            "concurrent": (r.get("executor") or {}).get("concurrent", 1)}
@@ -57,6 +57,11 @@ def record_row(r: dict) -> dict:
                grad_cosine_recurrent_init=first.get("cosine_recurrent"), grad_rel_bias=last.get("rel_bias"),
                grad_rel_bias_se=last.get("rel_bias_se"), grad_rel_variance=last.get("rel_variance"))
     return row
+
+
+def _cell(cfg: dict) -> str:
+    """The cell, with its time constant where it has one (runs differing in tau are different rows)."""
+    return cfg["cell"] + (f"[tau={cfg['tau']:g}]" if cfg.get("tau") is not None else "")
 
 
 def _threshold(r: dict) -> float | None:

@@ -1,4 +1,5 @@
-"""What snap1, eprop and rflo share: an influence estimate kept per unit.
+"""What snap1, eprop and rflo share: an influence estimate kept per unit (e-prop's LSTM has its own,
+leaner, path in methods/eprop.py).
 
 Each of them keeps, per lane, the influence of every cell parameter only on the state of the unit
 whose parameter row it is: the rows g = j H + k (gate j) of W_ih, b_ih, W_hh, b_hh feed unit k and no

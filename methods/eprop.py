@@ -3,30 +3,33 @@ learning dilemma for recurrent networks of spiking neurons", Nature Communicatio
 
 e-prop factorises the gradient into a learning signal and an eligibility trace per synapse,
 
-    dE/dW_ji ~ sum_t L_j^t e_ji^t,      L_j^t = dE/dz_j^t (the partial: through the readout at t only),
+    dE/dW_ji = sum_t (dE/dz_j^t) e_ji^t ~ sum_t L_j^t e_ji^t,
 
-treating the recurrent input z^{t-1} = h_{t-1} as an input (no derivative through it), so each unit
-keeps only its own, local, past in its trace: with hidden state h_j^t (the state of unit j that it
-carries to t + 1 directly) and observable z_j^t,
+with the learning signal L_j^t the partial derivative dE/dz_j^t through the readout at t only (the
+total one would need the future), and the eligibility trace treating the recurrent input
+z^{t-1} = h_{t-1} as an input (no derivative through it), so each unit keeps only its own, local,
+past: with hidden state h_j^t (what unit j carries to t + 1 directly) and observable z_j^t,
 
     eligibility vector   eps_ji^t = (d h_j^t / d h_j^{t-1}) eps_ji^{t-1} + d h_j^t / d W_ji
-    eligibility trace    e_ji^t   = (d z_j^t / d h_j^t) eps_ji^t  (+ d z_j^t / d W_ji where W_ji acts on z_j directly)
+    eligibility trace    e_ji^t   = (d z_j^t / d h_j^t) eps_ji^t   (+ d z_j^t / d W_ji where W_ji acts on z_j)
 
 Symmetric e-prop takes the readout's own weights as feedback, L^t = W_out^T dE_t/dy^t: the exact
-immediate derivative delta_t = d loss_t / d h_t (harness/online.py). Per cell (the rows g = j H + k of
-W_ih, b_ih, W_hh, b_hh of unit k; v_t = [x_t; 1; h_{t-1}; 1]; methods/_unitwise.py carries m[c] = eps
-and m[h] = e):
-- LSTM (hidden state c, observable h = o tanh(c)): eps^t = f^t eps^{t-1} + (d c^t / d pre_g) v_t for the
-  i, f, g rows; e^t = o^t tanh'(c^t) eps^t, and for the o rows e^t = sigma'(o) tanh(c^t) v_t (no trace).
-- leaky RNN (h^t = (1 - a) h^{t-1} + a tanh(u^t), z = h): eps^t = e^t = (1 - a) eps^{t-1} + a tanh'(u^t) v_t
-  (Murray's RFLO trace; `rflo` is this with random feedback).
-- GRU (h' = (1 - z) n + z h, z = h's own gate): eps^t = z^t eps^{t-1} + d h^t / d W v_t.
+immediate derivative delta_t = d loss_t / d h_t (harness/online.py; for the squared error, Bellec's
+sum_k W^out_kj (y_k^t - y*_k^t) up to the loss's normaliser). Per cell (the rows g = j H + k of W_ih,
+b_ih, W_hh, b_hh feed unit j = k; v_t = [x_t; 1; h_{t-1}; 1] is the row's input):
+- LSTM (hidden state c, observable h = o tanh(c); below): eps^t = f^t eps^{t-1} + (d c^t / d pre) v_t
+  for the i, f, g rows, d c / d pre being g sigma'(i), c^{t-1} sigma'(f), i tanh'(g); e^t = o^t
+  tanh'(c^t) eps^t; the o rows have no trace, e^t = sigma'(o^t) tanh(c^t) v_t.
+- leaky RNN (h^t = (1 - a) h^{t-1} + a tanh(u^t), z = h): eps^t = e^t = (1 - a) eps^{t-1} + a tanh'(u^t)
+  v_t (Murray's RFLO trace; `rflo` is this with random feedback).
+- GRU (h^t = (1 - z^t) n^t + z^t h^{t-1}): eps^t = e^t = z^t eps^{t-1} + (d h^t / d pre) v_t.
 - tanh RNN: the state reaches the next step only through W_hh h_{t-1}, so eps^t = d h^t / d W: e-prop
   is the one-step (immediate) gradient.
 Equivalently: the gradient of autograd through the network with h_{t-1} stop-gradiented where it
-enters the gates (gh = W_hh h_{t-1}.detach() + b_hh), the cell's other paths kept (tests/test_online.py).
-Exact when W_hh = 0 (the dropped path carries nothing; the conformance suite checks it on every cell).
-Cost per step O(B P); carried state B x S_unit x P.
+enters the gates (gh = W_hh h_{t-1}.detach() + b_hh), the cell's other paths kept
+(tests/test_online_family.py). Exact when W_hh = 0 (the dropped path carries nothing; the
+conformance suite checks it on every cell). Leaky RNN and GRU run on methods/_unitwise.py (m[h] = eps);
+cost per step O(B P), carried state B x P (B x 3P/4 for the LSTM, none for the tanh RNN).
 """
 import torch
 
