@@ -12,8 +12,10 @@ cell's parameters on its state, alongside the state, and turns each step's loss 
                     every `update_every` steps (training): apply the gradient so far and start a new one
 
 The network runs step by step under `torch.no_grad` (the fused cell kernels, so the states are the
-reference's); only the readout's one-step graph is built, to get delta_t and the readout's own gradient,
-so autograd holds one step at a time and the method's memory is its carried estimator state. A subclass
+reference's); autograd runs only through the loss of one step, d loss_t / d y_t, and the linear
+readout y_t = W_out h_t + b_out gives delta_t = d loss_t / d y_t W_out on h_t (zero on the LSTM's c) and
+the readout's own gradient, so the method's memory is its carried estimator state. (The network is a
+`RecurrentNetwork`: a cell whose hidden state is the first tensor of its carry, and a linear readout.) A subclass
 implements
 
 - `begin(cell, batch_size)`: reset every lane's estimate (once per sequence: each lane is a new sequence);
@@ -148,17 +150,20 @@ class OnlineMethod(Method):
                 self.advance(cell, batch.x[t], carry, new, rng)
             carry = new
             if batch.mask[t].any():
-                leaves = [c.detach().requires_grad_() for c in carry]
-                out = readout(net.hidden(tuple(leaves)))
-                loss = batch.loss(out[None], t, t + 1)
-                *deltas, d_out, gw, gb = torch.autograd.grad(loss, leaves + [out] + list(readout.parameters()),
-                                                             allow_unused=True)
-                total += loss.item()
-                delta = torch.cat([torch.zeros_like(c) if d is None else d for c, d in zip(carry, deltas)], 1)
+                # autograd only through the loss function: y_t = W_out h_t + b_out is linear, so
+                # d loss_t / d h_t = d_out W_out and the readout's gradient is d_out^T h_t, sum(d_out)
+                h = net.hidden(carry)
                 with torch.no_grad():
+                    out = readout(h)
+                out.requires_grad_()
+                loss = batch.loss(out[None], t, t + 1)
+                (d_out,) = torch.autograd.grad(loss, out)
+                total += loss.item()
+                with torch.no_grad():
+                    delta = torch.cat([d_out @ readout.weight] + [torch.zeros_like(c) for c in carry[1:]], 1)
                     self.credit(self.learning_signal(net, delta, d_out))
-                readout_grads[0] += gw
-                readout_grads[1] += gb
+                    readout_grads[0] += d_out.T @ h
+                    readout_grads[1] += d_out.sum(0)
             if updater is not None and ((t + 1) % every == 0 or t == L - 1):
                 updater.apply(self._grads(net, readout_grads))
                 readout_grads = zero_grads()
