@@ -7,16 +7,16 @@ cell's parameters on its state, alongside the state, and turns each step's loss 
     for t = 1..L:   state_t = cell(x_t, state_{t-1})                     (no graph: torch.no_grad)
                     advance(cell, x_t, state_{t-1}, state_t, rng)          your recursion
                     if step t has loss terms:
-                        delta_t = d loss_t / d state_t                       (one step of autograd, readout only)
-                        credit(learning_signal(net, delta_t, d loss_t / d y_t))   your credit step
+                        delta_t = d loss_t / d state_t          (autograd through the step's loss only)
+                        credit(learning_signal(net, delta_t, d loss_t / d y_t))      your credit step
                     every `update_every` steps (training): apply the gradient so far and start a new one
 
 The network runs step by step under `torch.no_grad` (the fused cell kernels, so the states are the
 reference's); autograd runs only through the loss of one step, d loss_t / d y_t, and the linear
 readout y_t = W_out h_t + b_out gives delta_t = d loss_t / d y_t W_out on h_t (zero on the LSTM's c) and
 the readout's own gradient, so the method's memory is its carried estimator state. (The network is a
-`RecurrentNetwork`: a cell whose hidden state is the first tensor of its carry, and a linear readout.) A subclass
-implements
+`RecurrentNetwork`: a cell whose hidden state is the first tensor of its carry, and a linear
+readout.) A subclass implements
 
 - `begin(cell, batch_size)`: reset every lane's estimate (once per sequence: each lane is a new sequence);
 - `advance(cell, x, prev, new, rng)`: one step of its recursion, from carry `prev` to carry `new` (tuples
