@@ -7,7 +7,7 @@ Every cell in torch's layout sees its weights only through the two pre-activatio
 so d state'/d theta is known from D_i = d state'/d gi and D_h = d state'/d gh: the W_ih block is
 D_i (x) x^T, the b_ih block D_i, and likewise for the hidden side. `STEP_FROM_PREACTIVATIONS` holds each
 cell's formula as a function of (gi, gh, state) (the formulas of the cells' docstrings;
-tests/test_online.py checks them against the cells); `lane_jacobians` takes its derivatives by
+tests/test_jacobians.py checks them against the cells); `lane_jacobians` takes its derivatives by
 forward-mode AD (`torch.func.jvp`).
 
 Every cell is also unit-wise: unit k's next state (h_k, and c_k for the LSTM) depends only on unit

@@ -15,7 +15,7 @@ and the error reaches the units through a fixed random matrix B [H, out] instead
 
 the readout's own gradient is exact. With `feedback=readout`, B = W^out^T and the signal is the exact
 immediate derivative delta_t: RFLO is then e-prop on the leaky RNN (methods/eprop.py, of which this is
-a subclass). Its defining identity, checked in tests/test_online.py: the gradient equals autograd's
+a subclass). Its defining identity, checked in tests/test_online_family.py: the gradient equals autograd's
 through the network with W_hh h^{t-1} stop-gradiented (the leak path kept) and W^out^T swapped for B
 where the loss is pulled back to h^t. Exact (conformance suite) when W_hh = 0 and `feedback=readout`:
 the leak is then the only path from h^{t-1} to h^t and B the true feedback.
@@ -24,7 +24,7 @@ B is drawn once, uniform in (-1/sqrt(H), 1/sqrt(H)) like the readout's initial w
 |W^out| at initialisation; Murray draws B at random, its scale only sets the step size of the recurrent
 weights), in float64 from its own seed `feedback_seed`, the same for every run seed: a sweep's seeds
 vary the network and the data against one B; grid over `feedback_seed` to vary B.
-Cost per step O(B H V), carried state B x H x V (the traces p).
+Cost per step and lane O(H V); carried state the traces p, H x V per lane.
 """
 import math
 

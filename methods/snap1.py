@@ -9,9 +9,11 @@ and the dynamics Jacobian D_t = d h_t / d h_{t-1}:
 SnAp-n keeps only the entries of J_t that are nonzero within n steps, J_t ~ (I_t + D_t J_{t-1}) (.) M_n.
 SnAp-1 keeps the pattern of I_t: the influence of each parameter on the unit it feeds directly. A row
 g = j H + k (gate j) of W_ih, b_ih, W_hh, b_hh feeds unit k only, so J_t keeps, per lane, one entry
-per parameter and state component of unit k (for the LSTM, whose state is (h, c), both h_k and c_k for
-every row of unit k), and with J_{t-1} in that pattern the product D_t J_{t-1} needs only unit k's block
-of D_t (its diagonal; a 2 x 2 block for the LSTM):
+per parameter and state component of unit k. For the LSTM, whose state is (h, c), both h_k and c_k for
+every row of unit k: the unit's block, one entry more than I_t's pattern for the o-gate rows (the o
+gate does not reach c_k in one step); with it SnAp-1 is exact whenever D_t is block-diagonal per unit.
+With J_{t-1} in that pattern the product D_t J_{t-1} needs only unit k's block of D_t (its diagonal; a
+2 x 2 block for the LSTM):
 
     J_t[s_k, theta_g] = sum_r D_t[s_k, r_k] J_{t-1}[r_k, theta_g] + I_t[s_k, theta_g]
     D_t[s_k, h_k] = (direct) + sum_j (d s_t,k / d gh_{jH+k}) W_hh[jH+k, k]     (W_hh's gate-block diagonals)
@@ -24,8 +26,9 @@ D_t[k, k] = (1 - a) + a (1 - tanh(u_t,k)^2) W_hh[k, k]. GRU: the direct term is 
 
 Exact where the kept pattern is closed under the dynamics: when every gate block of W_hh is diagonal,
 unit k's state depends only on unit k's past, D_t is block-diagonal per unit and SnAp-1 is RTRL (every
-cell; the conformance suite checks it). Cost per step O(B G V) = O(B P), like one step of BPTT;
-carried state the B x S_unit x P influence entries (S_unit = 2 for the LSTM, 1 otherwise).
+cell; the conformance suite checks it). Cost per step and lane O(S_unit P), the order of one step of
+BPTT (measured against it in the README); carried state the B x S_unit x P influence entries
+(S_unit = 2 for the LSTM, 1 otherwise).
 """
 from harness.method import Regime, diagonal_recurrent_weights
 from harness.online import ONLINE_PARAMS
