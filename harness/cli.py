@@ -115,6 +115,9 @@ def make_parser() -> Parser:
     p.add_argument("--data-file", type=Path, default=None,
                    help="data file, for the tasks that read one (their option data_file)")
     p.add_argument("--cell", choices=sorted(CELLS), default="lstm")
+    p.add_argument("--tau", type=float, default=None,
+                   help="time constant of --cell leaky, h' = (1 - 1/tau) h + (1/tau) tanh(...); default "
+                        f"{CELLS['leaky'].default_tau:g}")
     p.add_argument("--hidden", type=positive, default=64)
     p.add_argument("--batch", type=positive, default=32)
     p.add_argument("--steps", type=positive, default=1000, help="training steps (batches of whole sequences)")
@@ -247,7 +250,7 @@ def build_configs(args) -> list[runner.RunConfig]:
                 for seed in range(args.seeds):
                     configs.append(runner.RunConfig(
                         method=m.name, method_params=dict(m_params), task=t.name, task_params=dict(task_params),
-                        seq_len=T, eval_seq_len=args.eval_seq_len, cell=args.cell, hidden=args.hidden,
+                        seq_len=T, eval_seq_len=args.eval_seq_len, cell=args.cell, tau=args.tau, hidden=args.hidden,
                         batch=args.batch, steps=args.steps, optimizer=args.optimizer, lr=args.lr,
                         clip=args.clip or None, seed=seed, device=device, dtype=args.dtype, threads=args.threads,
                         eval_every=args.eval_every, eval_batches=args.eval_batches,

@@ -1,9 +1,33 @@
 """The method contract. A method is one module in `methods/` with one `Method` subclass.
 
 It declares its name, a one-line description, its paper, whether its gradient is exact,
-deterministic-approximate or stochastic, and its hyperparameters (validated before training).
-It implements `gradient` (its estimate of the sequence-loss gradient at fixed parameters) and,
-when it updates more than once per sequence, `train_step`.
+deterministic-approximate or stochastic, its hyperparameters (validated before training) and where
+its gradient must be exact (`exact_regimes`). It implements `gradient` (its estimate of the
+sequence-loss gradient at fixed parameters) and, when it updates more than once per sequence,
+`train_step`. Forward-mode (online) methods build on `harness.online.OnlineMethod` instead.
+
+What a method is given (all tensors of the run's dtype and device):
+
+`net`, a `harness.models.Network` (a `RecurrentNetwork` unless the method's `build_network` makes
+another): `net.init_carry(B)` is the zero carry of B lanes (a tuple of [B, H] tensors: (h,), or (h, c)
+for the LSTM); `net.step(x_t, carry)` runs one time step and returns (y_t [B, out], the next carry);
+`net.truncate(carry)` cuts the carry's backward path; `net.hidden(carry)` is h_t [B, H];
+`harness.models.run(net, x, carry)` runs whole sequences (outputs [L, B, out], final carry). A
+`RecurrentNetwork` also has `net.cell` (parameters `weight_ih` [G, I], `weight_hh` [G, H], `bias_ih`,
+`bias_hh` [G] in torch.nn.RNN/LSTM/GRU's layout, G = gates x H; `cell(x_t, state)` is the next state)
+and `net.readout` (a `torch.nn.Linear` from h_t to y_t). Gradients are returned as a list aligned with
+`net.parameters()`.
+
+`batch`, a `harness.task.Batch` of whole sequences: `batch.x` [L, B, I] inputs (time first),
+`batch.y` [L, B] class ids or [L, B, out] regression targets, `batch.mask` [L, B] (1 where a loss term
+counts), `batch.num_steps` L and `batch.batch_size` B. `batch.loss(out, start, stop)` takes the outputs
+of steps start..stop-1 ([stop - start, B, out]) and returns the sum of their masked per-position
+losses (cross-entropy, or the squared error averaged over the output dimensions) divided by the
+number of loss terms in the whole batch (every step, every lane), so the losses (and gradients) of any
+split of the sequence into windows add up to the sequence's; `batch.loss(out)` is the whole
+sequence's loss, the one the reference gradient differentiates.
+
+`rng`, a `torch.Generator` from the run's method stream: a method's only source of randomness.
 """
 from __future__ import annotations
 
@@ -30,6 +54,7 @@ class RunSpec:
     num_steps: int        # L of a training sequence
     batch_size: int
     dtype: torch.dtype = torch.float32
+    tau: float | None = None   # time constant of the cells that have one (the leaky RNN); None: its default
 
 
 @dataclass(frozen=True)
@@ -37,7 +62,7 @@ class Regime:
     """A configuration where a method's gradient must equal the reference gradient (full BPTT through
     the method's own network): the conformance suite checks each one in float64 (relative error
     below 1e-10) on tiny networks. Every deterministic method is also checked on a one-step
-    sequence without declaring it."""
+    sequence without declaring it (`Method.one_step_params`)."""
 
     why: str                                   # one line: why the gradient is exact here
     params: dict = field(default_factory=dict)  # the method's hyperparameters in this regime
@@ -45,6 +70,22 @@ class Regime:
     num_steps: int | None = None               # L of the test sequence; None: the suite's default
     # makes the (tiny, float64) network fit the regime in place, e.g. zero or diagonal W_hh
     prepare: Callable[[Network], None] | None = None
+
+
+def zero_recurrent_weights(net: Network) -> None:
+    """A Regime's `prepare`: W_hh = 0 (every gate block), so the state reaches the next step only
+    through the cell's own elementwise paths (the leak, the LSTM's cell state, the GRU's z h)."""
+    with torch.no_grad():
+        net.cell.weight_hh.zero_()
+
+
+def diagonal_recurrent_weights(net: Network) -> None:
+    """A Regime's `prepare`: every gate block of W_hh diagonal, so unit k's state depends only on
+    unit k's previous state: the recurrent Jacobian is diagonal (per unit (h_k, c_k) for the LSTM)."""
+    with torch.no_grad():
+        w = net.cell.weight_hh
+        H = w.shape[1]
+        w.view(-1, H, H).mul_(torch.eye(H, dtype=w.dtype, device=w.device))
 
 
 class Updater:
@@ -94,6 +135,9 @@ class Method:
     test_params: ClassVar[list[dict]] = [{}]
     # where the gradient must be exact (tbptt with k >= L, snap1 with diagonal W_hh, ...); see Regime
     exact_regimes: ClassVar[list[Regime]] = []
+    # hyperparameters under which a one-step sequence (no past to approximate) gives the exact
+    # gradient; checked for every non-stochastic method; None: never (say why in the docstring)
+    one_step_params: ClassVar[dict | None] = {}
 
     def __init__(self, **params: Any):
         if self.gradient_kind not in GRADIENT_KINDS:
@@ -111,7 +155,7 @@ class Method:
         """Check the method against the run (cell, sizes, memory); raise ConfigError."""
 
     def build_network(self, spec: RunSpec) -> Network:
-        return build_network(spec.cell, spec.input_size, spec.hidden_size, spec.output_size)
+        return build_network(spec.cell, spec.input_size, spec.hidden_size, spec.output_size, spec.tau)
 
     def gradient(self, net: Network, batch: Batch, rng: torch.Generator) -> tuple[float, list[torch.Tensor]]:
         """(loss, gradient estimate aligned with net.parameters()) over the whole sequence, at fixed

@@ -4,7 +4,8 @@ the `Network` interface every method and measurement runs through.
 Cells use torch's fused single-step kernels (`torch.lstm_cell`, `torch.gru_cell`,
 `torch.rnn_tanh_cell`): the same computation for every method, with backward and forward-mode
 derivatives, about 1.5x faster per step on CPU than the same formula in separate operations;
-the formula each one computes is in its docstring.
+the formula each one computes is in its docstring. The leaky tanh RNN (the model of RFLO and e-prop)
+has the tanh RNN's parameters and a time constant tau.
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ Carry = Any  # whatever a network carries from one step to the next (a tuple of 
 
 
 class Cell(nn.Module):
-    """One layer of a recurrent cell; `gates` is 1 (tanh RNN), 4 (LSTM) or 3 (GRU)."""
+    """One layer of a recurrent cell; `gates` is 1 (tanh RNN, leaky RNN), 4 (LSTM) or 3 (GRU)."""
 
     gates = 1
     state_names: tuple[str, ...] = ("h",)
+    default_tau: float | None = None   # cells with a time constant (`--tau`) set its default
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -74,14 +76,50 @@ class GRUCell(Cell):
         return (torch.gru_cell(x, state[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh),)
 
 
-CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+class LeakyRNNCell(Cell):
+    """Leaky tanh RNN with time constant tau (leak a = 1 / tau):
+    h' = (1 - a) h + a tanh(W_ih x + b_ih + W_hh h + b_hh); torch.nn.RNN's (tanh) parameters and
+    layout; tau = 1 is the tanh RNN."""
+
+    default_tau = 10.0
+
+    def __init__(self, input_size: int, hidden_size: int, tau: float | None = None):
+        super().__init__(input_size, hidden_size)
+        self.tau = self.default_tau if tau is None else float(tau)
+        check_tau(self.tau)
+        self.alpha = 1.0 / self.tau
+
+    def forward(self, x, state):
+        h = state[0]
+        return (torch.lerp(h, torch.rnn_tanh_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh),
+                           self.alpha),)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, tau={self.tau:g}"
 
 
-def make_cell(kind: str, input_size: int, hidden_size: int) -> Cell:
+CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell, "leaky": LeakyRNNCell}
+
+
+def check_tau(tau) -> None:
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 1):
+        raise ConfigError(f"--tau {tau!r} must be a number >= 1 (the leak 1/tau lies in (0, 1]; tau = 1 is the "
+                          f"tanh RNN)")
+
+
+def make_cell(kind: str, input_size: int, hidden_size: int, tau: float | None = None) -> Cell:
+    """A cell of `kind`; `tau` is the time constant of the cells that have one (None: their default)."""
     if kind not in CELLS:
         from .config import unknown
         raise unknown("cell", kind, list(CELLS))
-    return CELLS[kind](input_size, hidden_size)
+    cls = CELLS[kind]
+    if cls.default_tau is None:
+        if tau is not None:
+            raise ConfigError(f"--tau applies to cells with a time constant "
+                              f"({', '.join(k for k, c in CELLS.items() if c.default_tau is not None)}), "
+                              f"not to --cell {kind}")
+        return cls(input_size, hidden_size)
+    return cls(input_size, hidden_size, tau=tau)
 
 
 class Network(nn.Module):
@@ -159,7 +197,8 @@ def run(net: Network, x: torch.Tensor, carry: Carry, start: int = 0, stop: int |
     return torch.stack(outs), carry
 
 
-def build_network(cell: str, input_size: int, hidden_size: int, output_size: int) -> RecurrentNetwork:
+def build_network(cell: str, input_size: int, hidden_size: int, output_size: int,
+                  tau: float | None = None) -> RecurrentNetwork:
     if hidden_size <= 0:
         raise ConfigError(f"hidden size {hidden_size} must be a positive integer")
-    return RecurrentNetwork(make_cell(cell, input_size, hidden_size), output_size)
+    return RecurrentNetwork(make_cell(cell, input_size, hidden_size, tau), output_size)

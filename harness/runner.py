@@ -33,7 +33,7 @@ from . import credit, fidelity, interrupt, store, trajectory
 from .config import ConfigError
 from .meters import SavedBytesMeter, StepTimer, cuda_peak, synchronize
 from .method import Method, RunSpec, Updater
-from .models import run
+from .models import CELLS, make_cell, run
 from .registry import METHODS, TASKS
 from .schema import InvalidRecord
 from .task import Task, stream_seed
@@ -51,6 +51,7 @@ class RunConfig:
     seq_len: int = 50
     eval_seq_len: int | None = None
     cell: str = "lstm"
+    tau: float | None = None          # the leaky cell's time constant (None: its default; other cells: none)
     hidden: int = 64
     batch: int = 32
     steps: int = 200
@@ -67,6 +68,12 @@ class RunConfig:
     grad_samples: int = 16            # K draws for stochastic methods
     warmup: int = 3
 
+    def __post_init__(self):
+        # the leaky cell's default time constant is written into the configuration (and its hash), so
+        # `--cell leaky` and `--cell leaky --tau 10` are one run
+        if self.tau is None and self.cell in CELLS:
+            self.tau = CELLS[self.cell].default_tau
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -79,7 +86,7 @@ class RunConfig:
 
     def spec(self, task: Task) -> RunSpec:
         return RunSpec(self.cell, task.input_size, self.hidden, task.output_size, task.num_steps,
-                       self.batch, DTYPES[self.dtype])
+                       self.batch, DTYPES[self.dtype], self.tau)
 
     def validate(self) -> None:
         """Everything that can be checked before training; raises ConfigError."""
@@ -97,6 +104,7 @@ class RunConfig:
             raise ConfigError(f"--lr {self.lr!r} must be positive")
         if self.clip is not None and not self.clip > 0:
             raise ConfigError(f"--clip {self.clip!r} must be positive (or 0 for no clipping)")
+        make_cell(self.cell, 1, 1, self.tau)   # an unknown cell, a bad --tau or --tau for a cell without one
         task = self.build_task()
         if self.eval_seq_len:
             self.build_task(self.eval_seq_len)

@@ -41,6 +41,7 @@ class Config:
     batch: int
     seed: int
     eval_seq_len: int | None = None
+    tau: float | None = None
     steps: int | None = None
     optimizer: str | None = None
     lr: float | None = None

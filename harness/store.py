@@ -23,7 +23,7 @@ from .schema import InvalidRecord, check
 HARNESS = Path(__file__).resolve().parent
 # Code whose change changes a result; editing tables, plots or the command line does not rerun.
 MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "runner.py", "credit.py",
-             "trajectory.py"]
+             "trajectory.py", "online.py", "jacobians.py"]
 
 
 def source_hash(*classes) -> str:
@@ -41,7 +41,7 @@ def source_hash(*classes) -> str:
                 continue
             seen.add(name)
             h.update(inspect.getsource(module).encode())
-            # helper modules beside it (methods/_online.py, ...) are part of what it computes
+            # helper modules beside it (methods/_unitwise.py, ...) are part of what it computes
             for helper in sorted(Path(inspect.getfile(module)).parent.glob("_*.py")):
                 h.update(helper.read_bytes())
     return h.hexdigest()[:16]

@@ -39,7 +39,8 @@ COLUMNS = GROUP + ["num_steps", "eval_num_steps", "lag", "eval_lag",
                    "time_ms_per_update_min", "time_ms_per_update_max", "updates_per_step", "saved_bytes",
                    "state_bytes", "cuda_peak_bytes", *FIDELITY, "threads", "device", "concurrent"]
 # configuration fields that are not columns of their own: shown in `options` when records differ in them
-_NOT_OPTIONS = {"method", "method_params", "task", "task_params", "seq_len", "eval_seq_len", "cell", "hidden", "seed"}
+_NOT_OPTIONS = {"method", "method_params", "task", "task_params", "seq_len", "eval_seq_len", "cell", "tau", "hidden",
+                "seed"}
 
 
 def status(r: dict) -> str | None:
@@ -89,7 +90,7 @@ def record_row(r: dict) -> dict:
            "task": cfg["task"] + (f"[{','.join(f'{k}={v}' for k, v in cfg['task_params'].items())}]"
                                   if cfg.get("task_params") else ""),
            "seq_len": cfg["seq_len"], "eval_seq_len": cfg.get("eval_seq_len") or cfg["seq_len"],
-           "cell": cfg["cell"], "hidden": cfg["hidden"], "seed": cfg["seed"], "status": status(r),
+           "cell": _cell(cfg), "hidden": cfg["hidden"], "seed": cfg["seed"], "status": status(r),
            "num_steps": r.get("num_steps"), "eval_num_steps": r.get("eval_num_steps"), "lag": r.get("lag"),
            "eval_lag": r.get("eval_lag", r.get("lag")),
            "n_params": r.get("n_params"), "metric": r.get("metric"), "chance": r.get("chance"),
@@ -119,6 +120,11 @@ def options(records: list[dict]) -> list[str]:
                      if len({json.dumps(c.get(k), default=str) for c in configs}) > 1)
     return [",".join(f"{k}={c.get(k)}" for k in varying if not (k in TUNABLE and r.get("tuned")))
             for r, c in zip(records, configs)]
+
+
+def _cell(cfg: dict) -> str:
+    """The cell, with its time constant where it has one (runs differing in tau are different rows)."""
+    return cfg["cell"] + (f"[tau={cfg['tau']:g}]" if cfg.get("tau") is not None else "")
 
 
 def _threshold(r: dict) -> float | None:

@@ -6,21 +6,23 @@ parameters) is carried forward and reset to zero at the start of the sequence:
     M_t = J_t M_{t-1} + F_t,     J_t = d s_t / d s_{t-1},   F_t = d s_t / d theta (immediate)
     grad += (d loss_t / d s_t) M_t
 
-F_t is D_i (x) [x_t; 1] for (W_ih, b_ih) and D_h (x) [h_{t-1}; 1] for (W_hh, b_hh) (methods/_jacobians.py).
+F_t is D_i (x) [x_t; 1] for (W_ih, b_ih) and D_h (x) [h_{t-1}; 1] for (W_hh, b_hh) (harness/jacobians.py).
 Tanh RNN (structured path): with D_t = diag(1 - h_t^2), D_i = D_h = D_t and J_t = D_t W_hh, so
 M_t = (D_t W_hh) M_{t-1} + D_t (x) v_t: per lane one H x H by H x (H V) product into a preallocated
 workspace (the D_t scaling folded into the small factor, so M is read and written once per step;
 the columns blocked so that each product fits the cache), then the immediate term added where the
-state unit is the parameter's row. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode AD, then a batched
-product. Cost per step O(S^2 P) = O(H^4), memory B S P: the carried state is M (state_bytes); the
+state unit is the parameter's row. The leaky RNN (leak a) takes the same path with D_t = a diag(1 -
+tanh(u_t)^2) and J_t = (1 - a) I + D_t W_hh. LSTM and GRU (generic path): J_t, D_i, D_h by forward-mode
+AD, then a batched product. Cost per step O(S^2 P) = O(H^4), memory B S P: the carried state is M (state_bytes); the
 product needs a workspace of the same size, counted in the refusal estimate.
 """
 import torch
 
 from harness.config import ConfigError, Param
-from harness.models import CELLS, RNNCell
-from methods._jacobians import lane_jacobians, preactivations
-from methods._online import ONLINE_PARAMS, OnlineMethod
+from harness.jacobians import lane_jacobians, preactivations, unit_jacobians
+from harness.method import Regime
+from harness.models import CELLS, LeakyRNNCell, RNNCell
+from harness.online import ONLINE_PARAMS, OnlineMethod
 
 
 def influence_shape(cell: str, input_size: int, hidden: int) -> tuple[int, int]:
@@ -39,6 +41,7 @@ class RTRL(OnlineMethod):
                        "max_gib": Param(4.0, float, "refuse runs whose influence matrix and workspace exceed "
                                         "this many GiB", check=lambda v: v > 0, allowed="a positive number")}
     test_params = [{}, {"update_every": 1}]
+    exact_regimes = [Regime("the full influence matrix: exact for every network and sequence")]
     structured = True   # the tanh RNN's Kronecker path; False forces the generic path (tests compare them)
 
     def check(self, spec):
@@ -55,7 +58,7 @@ class RTRL(OnlineMethod):
     def begin(self, cell, B):
         I, H, G = cell.input_size, cell.hidden_size, cell.weight_hh.shape[0]
         V = I + H + 2
-        self.fast = self.structured and isinstance(cell, RNNCell)
+        self.fast = self.structured and isinstance(cell, (RNNCell, LeakyRNNCell))
         w = cell.weight_hh
         if self.fast:
             # [lane, q, s, k', j] with parameter row k = q kc + k': the product runs as H / kc products of
@@ -71,11 +74,18 @@ class RTRL(OnlineMethod):
     def advance(self, cell, x, prev, new, rng):
         h_prev, I, H = prev[0], cell.input_size, cell.hidden_size
         if self.fast:
-            B, D = x.shape[0], 1 - new[0] ** 2
+            B = x.shape[0]
+            if isinstance(cell, RNNCell):
+                D, leak = 1 - new[0] ** 2, None
+            else:
+                units = unit_jacobians(cell, *preactivations(cell, x, h_prev), prev)
+                D, leak = units.Ci[0], units.Ds[0][0]                             # a (1 - tanh^2), 1 - a
             DW = D[:, :, None] * cell.weight_hh                                   # [B, H, H]
             n = self.M.shape[1]
             for b in range(B):
                 torch.bmm(DW[b].expand(n, H, H), self.M[b].view(n, H, -1), out=self.work[b].view(n, H, -1))
+            if leak is not None:
+                self.work.add_(self.M, alpha=leak)
             q, s, k = self.diag
             self.work[:, q, s, k] += D[:, :, None] * self.input_vector(x, h_prev)[:, None, :]
             self.M, self.work = self.work, self.M

@@ -108,7 +108,7 @@ class SAB(Method):
         self._state_bytes = 0
 
     def build_network(self, spec):
-        cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
+        cell = make_cell(spec.cell, spec.input_size, spec.hidden_size, spec.tau)
         scorer = self.scorer or ("separable" if self.variant == "released" else "bilinear")
         return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store)
 

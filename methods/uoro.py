@@ -10,16 +10,16 @@ start of the sequence; each step, with fresh signs nu in {-1, +1}^S, the same nu
 
 E[s~ theta~^T] = J M + F exactly (the cross terms change sign with nu), so the estimate is unbiased.
 J s~ and nu^T F are exact: closed form for the tanh RNN (J s~ = D (W_hh s~), nu^T F = (D nu) (x) v with
-D = 1 - h_t^2); for the LSTM and GRU, J s~ by forward-mode AD (`torch.func.jvp`) and nu^T F from the
+D = 1 - h_t^2); for the leaky RNN, LSTM and GRU, J s~ by forward-mode AD (`torch.func.jvp`) and nu^T F from the
 per-lane derivatives of nu . s_t by the two pre-activations (one step of autograd). Carried state:
 s~ [B, S] and theta~ [B, P]; cost per step O(H P), like one step of BPTT.
 """
 import torch
 
+from harness import online
+from harness.jacobians import preactivations, split_state, step_function
 from harness.models import RNNCell
-from methods import _online as online
-from methods._jacobians import preactivations, split_state, step_function
-from methods._online import ONLINE_PARAMS, OnlineMethod, lane_norm
+from harness.online import ONLINE_PARAMS, OnlineMethod, lane_norm
 
 
 class UORO(OnlineMethod):

@@ -1,4 +1,4 @@
-"""Online methods (rtrl, uoro, kf_rtrl) against the reference gradient (full BPTT of the same network).
+"""Online methods (rtrl, uoro, kf_rtrl; snap1, eprop, rflo in test_online_family.py) against the reference gradient (full BPTT of the same network).
 
 rtrl must equal the reference in float64; uoro and kf_rtrl must be exactly unbiased, which is checked
 by enumerating every sign pattern on a tiny network (the mean over all patterns is the expectation),
@@ -38,7 +38,7 @@ def rel_err(grads, ref):
     return float((g - r).norm() / r.norm())
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "leaky"])
 def test_rtrl_equals_reference_in_float64(cell):
     net, batch = network(cell, 4), regression_batch(6, 3)
     loss, grads = METHODS.get("rtrl")().gradient(net, batch, torch.Generator().manual_seed(0))
@@ -48,9 +48,10 @@ def test_rtrl_equals_reference_in_float64(cell):
     assert loss == pytest.approx(float(batch.loss(out)), rel=1e-12)
 
 
-def test_rtrl_generic_path_agrees_with_structured_rnn_path():
+@pytest.mark.parametrize("cell", ["rnn", "leaky"])
+def test_rtrl_generic_path_agrees_with_structured_rnn_path(cell):
     # hidden 12: the structured path blocks the parameter rows in groups of 4 (three blocks)
-    method, net, batch = METHODS.get("rtrl")(), network("rnn", 12), regression_batch(5, 2)
+    method, net, batch = METHODS.get("rtrl")(), network(cell, 12), regression_batch(5, 2)
     _, fast = method.gradient(net, batch, None)
     assert method.M.shape[1] == 3
     assert rel_err(fast, reference_gradient(net, batch)) < 1e-10
@@ -83,7 +84,7 @@ def mean_over_all_sign_patterns(method, net, batch, signs_per_step):
 
 
 @pytest.mark.parametrize("name,cell,hidden", [("uoro", "rnn", 2), ("uoro", "lstm", 1), ("uoro", "gru", 2),
-                                              ("kf_rtrl", "rnn", 2)])
+                                              ("uoro", "leaky", 2), ("kf_rtrl", "rnn", 2), ("kf_rtrl", "leaky", 2)])
 def test_exactly_unbiased_over_every_sign_pattern(name, cell, hidden):
     method, net, batch = METHODS.get(name)(), network(cell, hidden), regression_batch(3, 2)
     ref = flat(reference_gradient(net, batch))
@@ -95,7 +96,7 @@ def test_exactly_unbiased_over_every_sign_pattern(name, cell, hidden):
     assert rel_err(method.gradient(net, batch, None)[1], [ref]) > 1e-3
 
 
-@pytest.mark.parametrize("name,cell", [("uoro", "rnn"), ("uoro", "gru"), ("kf_rtrl", "rnn")])
+@pytest.mark.parametrize("name,cell", [("uoro", "rnn"), ("uoro", "gru"), ("kf_rtrl", "rnn"), ("kf_rtrl", "leaky")])
 def test_rescaled_factors_have_equal_norms(name, cell):
     method, net, batch = METHODS.get(name)(), network(cell, 5), regression_batch(6, 3)
     method.trace = []
@@ -108,7 +109,7 @@ def test_rescaled_factors_have_equal_norms(name, cell):
 
 
 def test_inverted_rescaling_breaks_the_norm_balance(monkeypatch):
-    import methods._online as online
+    import harness.online as online
     method, net, batch = METHODS.get("uoro")(), network("rnn", 5), regression_batch(6, 3)
     monkeypatch.setattr(online, "balance", lambda a, b, eps: online.torch.sqrt((b + eps) / (a + eps)))
     method.trace = []
@@ -150,8 +151,8 @@ def test_same_seed_same_estimate_bitwise():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("name,cell", [("rtrl", "rnn"), ("rtrl", "lstm"), ("rtrl", "gru"), ("uoro", "rnn"),
-                                       ("uoro", "lstm"), ("kf_rtrl", "rnn")])
+@pytest.mark.parametrize("name,cell", [("rtrl", "rnn"), ("rtrl", "lstm"), ("rtrl", "gru"), ("rtrl", "leaky"),
+                                       ("uoro", "rnn"), ("uoro", "lstm"), ("kf_rtrl", "rnn"), ("kf_rtrl", "leaky")])
 def test_state_bytes_do_not_grow_with_sequence_length(name, cell):
     sizes = []
     for L in (3, 9):
@@ -201,9 +202,9 @@ def test_rtrl_refuses_an_influence_matrix_that_does_not_fit():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_kf_rtrl_refuses_cells_without_the_factorisation(cell):
-    with pytest.raises(ConfigError, match=f"kf_rtrl.*{cell}.*rnn") as info:
+    with pytest.raises(ConfigError, match=f"kf_rtrl.*{cell}.*Kronecker.*rnn, leaky") as info:
         METHODS.get("kf_rtrl")().check(spec(cell))
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "factorisation does not apply" not in str(info.value)
 
 
 def test_bad_update_every_is_a_config_error():

@@ -1,0 +1,231 @@
+"""snap1, eprop and rflo against their definitions written with autograd (float64, relative error < 1e-10).
+
+Each method is a truncation of RTRL; each is also the exact gradient of the same network with some
+paths stop-gradiented, which autograd computes independently of the forward-mode code:
+- SnAp-1: every path from unit j's state to unit k != j's cut (W_hh's off-diagonal entries of every
+  gate block see h_{t-1} detached);
+- e-prop: h_{t-1} detached where it enters the gates (gh = W_hh h_{t-1}.detach() + b_hh), the cell's own
+  elementwise paths kept (the leak, the LSTM's c, the GRU's z h);
+- RFLO: e-prop's leaky RNN with the loss pulled back to h_t through the feedback matrix B instead of W_out^T.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.config import ConfigError
+from harness.fidelity import flat, reference_gradient
+from harness.jacobians import step_function
+from harness.method import RunSpec, diagonal_recurrent_weights
+from harness.models import CELLS, build_network
+from harness.registry import METHODS
+from harness.task import Batch
+
+INPUT, HIDDEN = 3, 4   # input size != hidden size
+
+
+def regression_batch(L, B, out=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(L, B, INPUT, generator=g, dtype=torch.float64)
+    y = torch.randn(L, B, out, generator=g, dtype=torch.float64)
+    mask = torch.ones(L, B, dtype=torch.float64)
+    mask[0, 0] = mask[L // 2, 1] = 0.0   # steps without loss in some lanes
+    return Batch(x, y, mask, mask.clone(), "mse")
+
+
+def classification_batch(L, B, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(L, B, INPUT, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (L, B), generator=g)
+    mask = (torch.rand(L, B, generator=g) < 0.7).double()
+    return Batch(x, y, mask, mask.clone(), "cross_entropy")
+
+
+def network(cell, seed=0, out=2, tau=None):
+    torch.manual_seed(seed)
+    net = build_network(cell, INPUT, HIDDEN, out, tau=tau).double()
+    with torch.no_grad():   # larger recurrent weights than the default: the dropped paths matter
+        net.cell.weight_hh.mul_(3.0)
+    return net
+
+
+def rel_err(a, b):
+    a, b = flat(a), flat(b)
+    return float((a - b).norm() / b.norm())
+
+
+def autograd_with_cuts(net, batch, gh_of, readout_of=None):
+    """Gradient of the sequence loss through the network whose hidden-side pre-activation is
+    gh_of(cell, h_prev) and whose output is readout_of(net, h) (default: the readout)."""
+    cell, params = net.cell, list(net.parameters())
+    step = step_function(cell)
+    state = net.init_carry(batch.batch_size)
+    outs = []
+    for t in range(batch.num_steps):
+        gi = F.linear(batch.x[t], cell.weight_ih, cell.bias_ih)
+        state = step(gi, gh_of(cell, state[0]), state)
+        outs.append(net.readout(state[0]) if readout_of is None else readout_of(net, state[0]))
+    loss = batch.loss(torch.stack(outs))
+    return [torch.zeros_like(p) if g is None else g
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))]
+
+
+def unit_mask(cell):
+    H = cell.hidden_size
+    gates = cell.weight_hh.shape[0] // H
+    return torch.eye(H, dtype=cell.weight_hh.dtype).repeat(gates, 1)   # [G, H]: W_hh[jH+k, k]
+
+
+def snap1_gh(cell, h):
+    """Only the diagonal of each gate block of W_hh sees h_{t-1} with its history."""
+    mask = unit_mask(cell)
+    return (F.linear(h, cell.weight_hh * mask) + F.linear(h.detach(), cell.weight_hh * (1 - mask))
+            + cell.bias_hh)
+
+
+def eprop_gh(cell, h):
+    return F.linear(h.detach(), cell.weight_hh, cell.bias_hh)
+
+
+CELL_NAMES = list(CELLS)
+
+
+# --- SnAp-1 -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_batch", [regression_batch, classification_batch])
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_snap1_equals_autograd_with_off_diagonal_paths_cut(cell, make_batch):
+    net = network(cell, out=3 if make_batch is classification_batch else 2)
+    batch = make_batch(7, 3)
+    _, grads = METHODS.get("snap1")().gradient(net, batch, None)
+    expected = autograd_with_cuts(net, batch, snap1_gh)
+    assert rel_err(grads, expected) < 1e-10
+    assert rel_err(grads, reference_gradient(net, batch)) > 1e-3   # an approximation here: the test can fail
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_snap1_equals_rtrl_when_the_recurrent_jacobian_is_diagonal(cell):
+    net, batch = network(cell), regression_batch(7, 3)
+    diagonal_recurrent_weights(net)
+    _, snap = METHODS.get("snap1")().gradient(net, batch, None)
+    _, rtrl = METHODS.get("rtrl")().gradient(net, batch, None)
+    assert rel_err(snap, rtrl) < 1e-10
+    assert rel_err(snap, reference_gradient(net, batch)) < 1e-10
+
+
+# --- e-prop ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_batch", [regression_batch, classification_batch])
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_eprop_equals_autograd_with_the_recurrent_input_stop_gradiented(cell, make_batch):
+    net = network(cell, out=3 if make_batch is classification_batch else 2)
+    batch = make_batch(7, 3)
+    _, grads = METHODS.get("eprop")().gradient(net, batch, None)
+    assert rel_err(grads, autograd_with_cuts(net, batch, eprop_gh)) < 1e-10
+    assert rel_err(grads, reference_gradient(net, batch)) > 1e-3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "leaky", "gru"])
+def test_eprop_traces_carry_the_units_own_state(cell):
+    """Cutting the unit's own state path too (the one-step gradient) gives another answer: the trace
+    through c (LSTM), the leak or z h (GRU) is there."""
+    net, batch = network(cell), regression_batch(7, 3)
+    _, grads = METHODS.get("eprop")().gradient(net, batch, None)
+    cell_, params = net.cell, list(net.parameters())
+    step, state, outs = step_function(cell_), net.init_carry(3), []
+    for t in range(batch.num_steps):
+        gi = F.linear(batch.x[t], cell_.weight_ih, cell_.bias_ih)
+        state = step(gi, eprop_gh(cell_, state[0]), tuple(s.detach() for s in state))
+        outs.append(net.readout(state[0]))
+    one_step = torch.autograd.grad(batch.loss(torch.stack(outs)), params)
+    assert rel_err(grads, one_step) > 1e-3
+
+
+def test_eprop_on_the_tanh_rnn_is_the_one_step_gradient():
+    net, batch = network("rnn"), regression_batch(7, 3)
+    _, grads = METHODS.get("eprop")().gradient(net, batch, None)
+    cell, params = net.cell, list(net.parameters())
+    h, outs = net.init_carry(3)[0], []
+    for t in range(batch.num_steps):
+        h = torch.tanh(F.linear(batch.x[t], cell.weight_ih, cell.bias_ih)
+                       + F.linear(h.detach(), cell.weight_hh, cell.bias_hh))
+        outs.append(net.readout(h))
+    assert rel_err(grads, torch.autograd.grad(batch.loss(torch.stack(outs)), params)) < 1e-10
+
+
+# --- RFLO ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tau", [1.0, 3.0, 10.0])
+@pytest.mark.parametrize("feedback", ["random", "readout"])
+def test_rflo_equals_autograd_with_non_local_paths_cut_and_feedback_swapped(feedback, tau):
+    net, batch = network("leaky", tau=tau), regression_batch(7, 3)
+    method = METHODS.get("rflo")(feedback=feedback)
+    _, grads = method.gradient(net, batch, None)
+    Bt = method.feedback_matrix(net.readout)                    # B^T [out, H]
+
+    def through_feedback(net, h):   # the readout's value; d y / d h = B^T instead of W_out
+        return net.readout(h.detach()) + F.linear(h, Bt) - F.linear(h, Bt).detach()
+
+    assert rel_err(grads, autograd_with_cuts(net, batch, eprop_gh, through_feedback)) < 1e-10
+    assert rel_err(grads, reference_gradient(net, batch)) > 1e-3
+    if feedback == "random":
+        assert not torch.allclose(Bt, net.readout.weight)
+        # the readout's own gradient stays exact
+        ref = reference_gradient(net, batch)
+        names = [n for n, _ in net.named_parameters()]
+        for n, g, r in zip(names, grads, ref):
+            if n.startswith("readout."):
+                assert torch.allclose(g, r, rtol=1e-10, atol=1e-14)
+
+
+def test_rflo_with_readout_feedback_is_eprop_on_the_leaky_rnn():
+    net, batch = network("leaky"), regression_batch(7, 3)
+    _, rflo = METHODS.get("rflo")(feedback="readout").gradient(net, batch, None)
+    _, eprop = METHODS.get("eprop")().gradient(net, batch, None)
+    assert rel_err(rflo, eprop) < 1e-12
+
+
+def test_rflo_feedback_is_fixed_by_its_seed():
+    net, batch = network("leaky"), regression_batch(5, 2)
+    a = flat(METHODS.get("rflo")().gradient(net, batch, torch.Generator().manual_seed(1))[1])
+    b = flat(METHODS.get("rflo")().gradient(net, batch, torch.Generator().manual_seed(2))[1])
+    c = flat(METHODS.get("rflo")(feedback_seed=1).gradient(net, batch, None)[1])
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    B32 = METHODS.get("rflo")().feedback_matrix(build_network("leaky", INPUT, HIDDEN, 2).readout)
+    B64 = METHODS.get("rflo")().feedback_matrix(net.readout)
+    assert B32.dtype == torch.float32 and torch.allclose(B32.double(), B64, rtol=1e-7, atol=0)
+    assert B64.abs().max() <= 1 / HIDDEN ** 0.5
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_rflo_refuses_other_cells_with_its_own_reason(cell):
+    spec = RunSpec(cell, INPUT, HIDDEN, 2, 10, 2)
+    with pytest.raises(ConfigError, match=r"rflo.*'" + cell + r"'.*leaky tanh RNN.*supported: leaky") as info:
+        METHODS.get("rflo")().check(spec)
+    assert "\n" not in str(info.value) and "factorisation" not in str(info.value)
+
+
+# --- shared ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,cell,copies", [
+    ("snap1", "rnn", 1), ("snap1", "gru", 1), ("snap1", "leaky", 1), ("snap1", "lstm", 2),   # (h, c) per row
+    ("eprop", "leaky", 1), ("eprop", "gru", 1), ("rflo", "leaky", 1),
+    ("eprop", "lstm", 0.75), # eps on c for the i, f, g rows (e^t is formed from it when credited)
+    ("eprop", "rnn", 0),     # nothing carried: the immediate gradient
+])
+def test_state_bytes_are_the_unit_influence_and_do_not_grow(name, cell, copies):
+    sizes = []
+    for L in (3, 9):
+        method, net = METHODS.get(name)(), network(cell)
+        method.gradient(net, regression_batch(L, 2), None)
+        sizes.append(method.state_bytes())
+    cell_params = sum(p.numel() for p in net.cell.parameters())
+    assert sizes[0] == sizes[1] == int(copies * 2 * cell_params * 8)   # batch 2, float64
+
+
+@pytest.mark.parametrize("name,cell", [("snap1", "gru"), ("eprop", "lstm"), ("rflo", "leaky")])
+def test_fully_online_updates_every_step(name, cell):
+    from harness.method import Updater
+    method, net, batch = METHODS.get(name)(update_every=1), network(cell), regression_batch(4, 2)
+    updater = Updater(net, torch.optim.SGD(net.parameters(), lr=1e-2), clip=None)
+    method.train_step(net, batch, updater, torch.Generator().manual_seed(0))
+    assert updater.updates == 4
