@@ -41,7 +41,7 @@ from harness.models import RecurrentNetwork, detach, make_cell, run
 class DNINetwork(RecurrentNetwork):
     """The recurrent network plus the synthesiser M: carried state -> predicted d(future loss)/d state."""
 
-    def __init__(self, cell, output_size, synthesiser: nn.Module):
+    def __init__(self, cell, output_size, synthesiser: nn.Module | None):
         super().__init__(cell, output_size)
         self.synthesiser = synthesiser
 
@@ -55,7 +55,9 @@ class DNINetwork(RecurrentNetwork):
 
 
 def make_synthesiser(kind: str, size: int) -> nn.Module:
-    out = nn.Linear(size, size)
+    """M, its output layer at zero (built without drawing random numbers); `mlp`'s hidden layer has
+    nn.Linear's initialisation."""
+    out = nn.utils.skip_init(nn.Linear, size, size)
     nn.init.zeros_(out.weight)
     nn.init.zeros_(out.bias)
     return out if kind == "linear" else nn.Sequential(nn.Linear(size, size), nn.ReLU(), out)
@@ -80,8 +82,11 @@ class DNI(Method):
 
     def build_network(self, spec):
         cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
-        size = len(cell.state_names) * spec.hidden_size
-        return DNINetwork(cell, spec.output_size, make_synthesiser(self.synthesiser, size))
+        net = DNINetwork(cell, spec.output_size, None)
+        # built after the cell and the readout, so that they start from the weights every other method
+        # draws with the same seed
+        net.synthesiser = make_synthesiser(self.synthesiser, len(cell.state_names) * spec.hidden_size)
+        return net
 
     def windows(self, L):
         return [(b, min(b + self.k, L)) for b in range(0, L, self.k)]
