@@ -5,15 +5,28 @@ synthetic gradients", ICML 2017, section 3.3: the recurrent case).
 The sequence is cut into windows of k steps, as TBPTT(k) cuts it, with one update per window. A
 small model M (the synthesiser; linear by default) maps the carried state s (the cell's state, e.g.
 [h; c] for the LSTM) to a prediction of the gradient of all the loss still to come with respect to s.
-For each window [b, e):
+For each window [b, e), with N the batch's loss normaliser (DESIGN.md: every loss is divided by it):
 
     s_b <- the carry at b (detached: the true gradient stops here, as in TBPTT)
-    run steps b..e-1 from s_b; L_w = the window's loss (the one normaliser of DESIGN.md)
-    delta^_e = M(s_e), treated as a constant          (no synthetic gradient after the last step)
+    run steps b..e-1 from s_b; L_w = the window's loss
+    delta^_e = scale M(s_e) / N, a constant            (no synthetic gradient after the last step)
     backpropagate L_w + <delta^_e, s_e>: the network's window gradient with the synthetic gradient
-        injected at the boundary, and d/ds_b of it, the bootstrapped target for M at s_b
-    M's loss |M(s_b) - target|^2 (summed over the batch and state units), for b > 0
+        injected at the boundary, and N d/ds_b of it, the bootstrapped target y_b for M at s_b
+    M's loss |M(s_b) - y_b|^2 / N (summed over the batch and state units), for b > 0
     update the network and M together (one clip, one optimizer step)
+
+Two choices the paper's algorithm leaves to the implementation, both needed for M to learn here:
+- `scale` (0.1): the synthetic gradient is multiplied by it before injection, and the target y_b
+  sees the scaled one, so M learns the future gradient discounted by `scale` per window, a
+  regression with a contracting fixed point. Undiscounted (scale=1), the bootstrap fed on itself
+  and M's output grew without bound on copy T=200 (measured). 0.1 is the factor public
+  reimplementations give for the paper's recurrent experiments; scale=0 is tbptt[k] (M is trained
+  but never used).
+- M works per lane and per unit of loss: it predicts N times the gradient, the gradient of the sum of
+  its lane's future per-position losses, of order one whatever the batch size and L. Regressed on
+  the normalised gradient (targets of order 1/N), Adam's steps, of order lr whatever the gradient's
+  scale, overshoot them by orders of magnitude. The 1/N on M's loss keeps its share of the one
+  gradient-norm clip small beside the network's.
 
 M starts at zero (weights and bias), so `dni` starts as `tbptt[k]` and departs from it as M learns;
 with M's output held at zero it is `tbptt[k]` (tested: gradients and training trajectory).
@@ -45,9 +58,13 @@ class DNINetwork(RecurrentNetwork):
         super().__init__(cell, output_size)
         self.synthesiser = synthesiser
 
+    def predict(self, s):
+        """M(s) = synthesiser(s) / S for the state vector s [B, S] (see the module docstring on the 1/S)."""
+        return self.synthesiser(s) / s.shape[-1]
+
     def synthetic_gradient(self, carry):
         """M's prediction at `carry`, split like the carry (one tensor per state part)."""
-        delta = self.synthesiser(torch.cat(carry, dim=-1))
+        delta = self.predict(torch.cat(carry, dim=-1))
         return delta.split([c.shape[-1] for c in carry], dim=-1)
 
     def recurrent_parameter_names(self):
@@ -71,9 +88,11 @@ class DNI(Method):
     hyperparameters = {
         "k": positive_int(10, "window length: steps between boundaries and updates"),
         "synthesiser": Param("linear", str, "the model of the synthetic gradient", choices=("linear", "mlp")),
+        "scale": Param(0.1, float, "factor on the injected synthetic gradient (and on its bootstrap)",
+                       check=lambda v: v >= 0, allowed="a number >= 0"),
     }
     credit_by_lag = None   # the injected gradient stands for the whole future loss (module docstring)
-    test_params = [{}, {"k": 2}, {"k": 3, "synthesiser": "mlp"}]
+    test_params = [{}, {"k": 2}, {"k": 3, "synthesiser": "mlp", "scale": 1.0}]
     # the conformance suite's sequences have L = 23 steps
     exact_regimes = [Regime("k >= L: one window, no boundary to synthesise", {"k": 30})]
 
@@ -98,7 +117,7 @@ class DNI(Method):
         objective = loss
         if e < batch.num_steps:
             with torch.no_grad():
-                delta = net.synthetic_gradient(end)
+                delta = [self.scale * d / batch.normaliser for d in net.synthetic_gradient(end)]
             objective = loss + sum((d * s).sum() for d, s in zip(delta, end))
         return loss, objective, end
 
@@ -130,10 +149,11 @@ class DNI(Method):
             g = torch.autograd.grad(objective, wrt, allow_unused=True)
             grads = {id(p): x for p, x in zip(network, g)}
             if b > 0 and synth:
-                # M's regression toward the bootstrapped target d(L_w + <delta^_e, s_e>)/d s_b
-                target = torch.cat(g[len(network):], dim=-1)
-                prediction = net.synthesiser(torch.cat(detach(start), dim=-1))
-                grads.update(zip(map(id, synth), torch.autograd.grad((prediction - target).pow(2).sum(), synth)))
+                # M's regression toward the bootstrapped target y_b = N d(L_w + <delta^_e, s_e>)/d s_b
+                target = torch.cat(g[len(network):], dim=-1) * batch.normaliser
+                prediction = net.predict(torch.cat(detach(start), dim=-1))
+                m_loss = (prediction - target).pow(2).sum() / batch.normaliser
+                grads.update(zip(map(id, synth), torch.autograd.grad(m_loss, synth)))
             updater.apply([grads.get(id(p)) for p in params])
             total += loss.item()
             carry = detach(end)

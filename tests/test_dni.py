@@ -76,8 +76,8 @@ def test_injected_gradient_is_a_gradient_at_the_boundary():
     for b in range(0, 24, 6):
         outs, end = run(net, batch.x, carry, b, b + 6)
         delta = net.synthetic_gradient(detach(end)) if b + 6 < 24 else tuple(torch.zeros_like(c) for c in end)
-        got = torch.autograd.grad([batch.loss(outs, b, b + 6), *end], params,
-                                  grad_outputs=[None, *[d.detach() for d in delta]])
+        got = torch.autograd.grad([batch.loss(outs, b, b + 6), *end], params,      # M predicts per unit of loss
+                                  grad_outputs=[None, *[0.1 * d.detach() / batch.normaliser for d in delta]])
         expected = [a + x for a, x in zip(expected, got)]
         carry = detach(end)
     assert flat(g[:len(params)]).sub(flat(expected)).norm() < 1e-12 * flat(expected).norm()
@@ -85,7 +85,7 @@ def test_injected_gradient_is_a_gradient_at_the_boundary():
 
 
 def test_synthesiser_learns_the_bootstrapped_target():
-    """One training step moves M's prediction at the boundary toward d L_w / d s_b (adding, L = 12,
+    """One training step moves M's prediction at the boundary toward N d L_w / d s_b (adding, L = 12,
     k = 6: one boundary, and the last window has no synthetic gradient to bootstrap from): with the
     network held fixed, one small SGD step on M lowers M's loss there."""
     task, batch = tiny_batch("adding", seq_len=12, batch=3)
@@ -97,15 +97,15 @@ def test_synthesiser_learns_the_bootstrapped_target():
             _, _, s = method.window(net, batch, net.init_carry(3), 0, 6)
         start = tuple(c.clone().requires_grad_() for c in s)
         _, objective, _ = method.window(net, batch, start, 6, 12)
-        target = torch.cat(torch.autograd.grad(objective, start), -1)
+        target = torch.cat(torch.autograd.grad(objective, start), -1) * batch.normaliser
         with torch.no_grad():
-            return (net.synthesiser(torch.cat(s, -1)) - target).pow(2).sum().item(), target, torch.cat(s, -1)
+            return (net.predict(torch.cat(s, -1)) - target).pow(2).sum().item(), target, torch.cat(s, -1)
 
     before, target, s = m_loss()
     assert target.norm() > 0 and before == pytest.approx(target.norm().item() ** 2, rel=1e-12)  # M = 0 at init
     synth = list(net.synthesiser.parameters())
-    # M's loss is quadratic with Hessian 2 [s 1]^T [s 1] (per output unit): this step cannot overshoot
-    lr = 0.25 / (s.pow(2).sum().item() + s.shape[0])
+    # M's loss is quadratic with Hessian 2 [s 1]^T [s 1] / (N S^2) (per output unit): this step cannot overshoot
+    lr = 0.25 * batch.normaliser.item() * s.shape[1] ** 2 / (s.pow(2).sum().item() + s.shape[0])
     updater = Updater(net, torch.optim.SGD(synth, lr=lr), clip=None)   # only M moves
     network_before = [p.detach().clone() for n, p in net.named_parameters() if not n.startswith("synthesiser.")]
     method.train_step(net, batch, updater, None)
