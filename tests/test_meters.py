@@ -68,6 +68,7 @@ def test_sees_tensors_kept_by_nested_hooks():
 
 
 def _network_saved_bytes(method, T, hidden, batch_size):
+    """(saved-bytes peak, state bytes) of one training step on the adding task."""
     task = TASKS.get("adding")(T)
     torch.manual_seed(0)
     net = build_network("lstm", task.input_size, hidden, task.output_size)
@@ -77,7 +78,7 @@ def _network_saved_bytes(method, T, hidden, batch_size):
     with meter.measure():
         method.train_step(net, batch, updater, None)
     assert meter.current == 0
-    return meter.peak
+    return meter.peak, method.state_bytes()
 
 
 def _loss_bytes(T, batch_size):
@@ -90,18 +91,54 @@ def _loss_bytes(T, batch_size):
     return meter.peak
 
 
-def test_checkpointed_bptt_counts_the_recomputed_segment():
-    """ckpt_bptt at L = 1000 (segments of 32 steps): the peak holds one recomputed segment, at most two
-    plus the stored boundaries and the loss's own tensors, and is far below bptt's. The per-step
-    bytes come from bptt's growth with L (adding task: one loss term per sequence, so the loss's
-    tensors are small beside the cell's)."""
-    H, B, L = 16, 2, 1000
-    bptt, ckpt = METHODS.get("bptt")(), METHODS.get("ckpt_bptt")()
-    b_short, b_long = _network_saved_bytes(bptt, L - 200, H, B), _network_saved_bytes(bptt, L, H, B)
-    per_step = (b_long - b_short) / 200 - (_loss_bytes(L, B) - _loss_bytes(L - 200, B)) / 200
-    k = 32
-    segment = k * per_step
-    boundaries = (L // k + 1) * 2 * B * H * 4          # the (h, c) stored at each segment's start
-    peak = _network_saved_bytes(ckpt, L, H, B)
-    assert segment <= peak <= 2 * segment + boundaries + _loss_bytes(L, B)
-    assert peak < b_long / 10
+def _bytes_per_step(H, B, L):
+    """What autograd holds per step of bptt, the loss's share excluded: from its growth from L/2 to L."""
+    bptt, half = METHODS.get("bptt")(), L // 2
+    grew = _network_saved_bytes(bptt, L, H, B)[0] - _network_saved_bytes(bptt, half, H, B)[0]
+    return (grew - (_loss_bytes(L, B) - _loss_bytes(half, B))) / (L - half)
+
+
+def test_checkpointed_bptt_holds_one_segment():
+    """ckpt_bptt at L = 1000 (segments of 32 steps): autograd holds one rerun segment at a time (at
+    most two's worth with the loss's tensors), the checkpoints are its state, and both together are
+    far below bptt's saved bytes (adding task: one loss term per sequence, so the loss's tensors are
+    small beside the cell's)."""
+    H, B, L, k = 16, 2, 1000, 32
+    segment = k * _bytes_per_step(H, B, L)
+    saved, state = _network_saved_bytes(METHODS.get("ckpt_bptt")(), L, H, B)
+    assert segment <= saved <= 2 * segment + _loss_bytes(L, B)
+    checkpoints, d_out = (L // k + 1) * 2 * B * H * 4, L * B * 1 * 4     # (h, c) per segment; d loss / d out
+    assert state == checkpoints + d_out
+    assert saved + state < _network_saved_bytes(METHODS.get("bptt")(), L, H, B)[0] / 10
+
+
+def test_counts_what_torch_checkpoint_recomputes():
+    """Non-reentrant torch.utils.checkpoint hides a segment's tensors behind its own hooks in the
+    forward pass and keeps the recomputed ones in its own table during backward: the meter sees
+    those, one segment (20 steps) at a time, on top of the checkpoints it saves."""
+    from torch.utils.checkpoint import checkpoint
+    from harness.models import run
+
+    H, B, L, k = 16, 2, 200, 20
+    task = TASKS.get("adding")(L)
+    torch.manual_seed(0)
+    net = build_network("lstm", task.input_size, H, task.output_size)
+    batch = next(task.stream(0, "train", B))
+
+    def segment(start, *carry):
+        out, carry = run(net, batch.x, carry, start, start + k)
+        return (out, *carry)
+
+    meter = SavedBytesMeter(list(net.parameters()) + batch.tensors())
+    with meter.measure():
+        carry, outs = net.init_carry(B), []
+        for start in range(0, L, k):
+            out, *carry = checkpoint(segment, start, *carry, use_reentrant=False)
+            outs.append(out)
+        held_after_forward = meter.current
+        batch.loss(torch.cat(outs)).backward()
+    per_step = _bytes_per_step(H, B, L)
+    checkpoints = (L // k) * 2 * B * H * 4
+    assert held_after_forward <= checkpoints + _loss_bytes(L, B) < k * per_step   # nothing inside a segment
+    assert k * per_step <= meter.peak <= 2 * k * per_step + checkpoints + _loss_bytes(L, B)
+    assert meter.current == 0
