@@ -48,15 +48,15 @@ from torch import nn
 
 from harness.config import Param, positive_int
 from harness.method import Method, Regime, tensor_bytes
-from harness.models import RecurrentNetwork, detach, make_cell, run
+from harness.models import RecurrentNetwork, detach, run
 
 
 class DNINetwork(RecurrentNetwork):
     """The recurrent network plus the synthesiser M: carried state -> predicted d(future loss)/d state."""
 
-    def __init__(self, cell, output_size, synthesiser: nn.Module | None):
-        super().__init__(cell, output_size)
-        self.synthesiser = synthesiser
+    def __init__(self, base: RecurrentNetwork, synthesiser: nn.Module):
+        nn.Module.__init__(self)   # the cell and readout are base's, already drawn
+        self.cell, self.readout, self.synthesiser = base.cell, base.readout, synthesiser
 
     def predict(self, s):
         """M(s) = synthesiser(s) / S for the state vector s [B, S] (see the module docstring on the 1/S)."""
@@ -100,12 +100,10 @@ class DNI(Method):
         self._state_bytes = 0
 
     def build_network(self, spec):
-        cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
-        net = DNINetwork(cell, spec.output_size, None)
-        # built after the cell and the readout, so that they start from the weights every other method
-        # draws with the same seed
-        net.synthesiser = make_synthesiser(self.synthesiser, len(cell.state_names) * spec.hidden_size)
-        return net
+        # the plain network first, so that the cell and readout start from the weights every other
+        # method draws with the same seed
+        base = super().build_network(spec)
+        return DNINetwork(base, make_synthesiser(self.synthesiser, len(base.cell.state_names) * spec.hidden_size))
 
     def windows(self, L):
         return [(b, min(b + self.k, L)) for b in range(0, L, self.k)]
