@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 from harness.config import ConfigError  # noqa: E402
 from harness.meters import SavedBytesMeter  # noqa: E402
 from harness.method import RunSpec, Updater  # noqa: E402
+from harness.models import CELLS as CELL_TYPES  # noqa: E402
 from harness.registry import METHODS, TASKS  # noqa: E402
 from harness.task import stream_seed  # noqa: E402
 
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the checkout
     from methods._online import OnlineMethod  # noqa: E402
 
 THREADS = 1
-CELLS = ("rnn", "lstm", "gru")
+CELLS = tuple(CELL_TYPES)   # every cell the harness has
 
 
 def forward_mode(name: str) -> bool:

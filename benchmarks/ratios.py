@@ -82,10 +82,11 @@ def targets_table(benchmarks) -> str:
 
 def online_table(benchmarks) -> str:
     rows, bs = [], rows_by(benchmarks, "online_costs")
-    base = {(b["extra_info"]["hidden"], b["extra_info"]["batch"]): b for b in bs if b["extra_info"]["method"] == "bptt"}
-    for b in sorted(bs, key=lambda b: (b["extra_info"]["hidden"], b["extra_info"]["batch"], b["stats"]["median"])):
-        i, ref = b["extra_info"], base.get((b["extra_info"]["hidden"], b["extra_info"]["batch"]))
-        rows.append({"hidden": i["hidden"], "batch": i["batch"], "method": i["label"],
+    key = lambda b: (b["extra_info"]["cell"], b["extra_info"]["hidden"], b["extra_info"]["batch"])
+    base = {key(b): b for b in bs if b["extra_info"]["method"] == "bptt"}
+    for b in sorted(bs, key=lambda b: (*key(b), b["stats"]["median"])):
+        i, ref = b["extra_info"], base.get(key(b))
+        rows.append({"cell": i["cell"], "hidden": i["hidden"], "batch": i["batch"], "method": i["label"],
                      "ms per time step": f"{1e3 * b['stats']['median'] / i['L']:.3f}",
                      "x bptt": ratio(b["stats"]["median"], ref and ref["stats"]["median"]),
                      "state": mib(i["state_bytes"]), "saved": mib(i["saved_bytes"]), "rounds": b["stats"]["rounds"]})
@@ -119,7 +120,7 @@ def report(data: dict, source: str) -> str:
     for title, table in (("Targets (paired rounds)", targets_table(bs)),
                          ("Every method (copy T=80, L=100; time median over rounds; ratios to bptt on the same "
                           "configuration and cell)", methods_table(bs)),
-                         ("Online methods (tanh RNN, adding T=20)", online_table(bs)),
+                         ("Online methods (adding T=20; ratios to bptt on the same cell, hidden and batch)", online_table(bs)),
                          ("SAB against BPTT (LSTM 128, batch 32)", sab_table(bs))):
         if table:
             parts.append(f"## {title}\n\n{table}\n")

@@ -53,3 +53,17 @@ def test_training_trajectory_is_bitwise_bptts(cell, dtype, segment):
 def test_bad_segment_is_a_one_line_error():
     with pytest.raises(ConfigError, match="segment=0"):
         CKPT(segment=0)
+
+
+@pytest.mark.parametrize("segment", [None, 4])
+def test_credit_by_lag_is_bptts(segment):
+    """The credit hooks see the rerun segments' hidden states receive bptt's gradients (the no-graph
+    forward pass registers none)."""
+    from harness import credit
+    task, batch = tiny_batch("copy", seq_len=4, batch=2)
+    torch.manual_seed(0)
+    net = build_network("lstm", task.input_size, 5, task.output_size).double()
+    ours = credit.measure(CKPT(segment=segment), net, batch, torch.Generator().manual_seed(0))
+    ref = credit.measure(METHODS.get("bptt")(), net, batch, torch.Generator().manual_seed(0))
+    assert ours["terms"] == ref["terms"]
+    assert ours["norm"] == pytest.approx(ref["norm"], rel=1e-12, abs=1e-300)
