@@ -142,3 +142,12 @@ def test_counts_what_torch_checkpoint_recomputes():
     assert held_after_forward <= checkpoints + _loss_bytes(L, B) < k * per_step   # nothing inside a segment
     assert k * per_step <= meter.peak <= 2 * k * per_step + checkpoints + _loss_bytes(L, B)
     assert meter.current == 0
+
+
+def test_checkpointed_bptt_memory_budget_holds_one_step():
+    """ckpt_bptt[memory=8] at L = 1000: autograd holds one rerun step at a time (the loss's tensors are
+    taken beside the last step's graph), the method at most 8 carries and d loss / d outputs."""
+    H, B, L = 16, 2, 1000
+    saved, state = _network_saved_bytes(METHODS.get("ckpt_bptt")(memory=8), L, H, B)
+    assert saved <= 2 * _bytes_per_step(H, B, L) + _loss_bytes(L, B)
+    assert state <= 8 * 2 * B * H * 4 + L * B * 1 * 4
