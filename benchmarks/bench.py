@@ -99,6 +99,14 @@ def rounds_for(prepared: Prepared, budget_s: float, most: int = 5, least: int = 
     return max(least, min(most, int(budget_s / max(prepared.info["warmup_s"], 1e-9))))
 
 
+def run_against(benchmark, prepared: Prepared, baseline: Prepared | None, suite: str, rounds: int, **extra) -> None:
+    """`run_paired` against `baseline`, or `run` when there is none (the baseline itself)."""
+    if baseline is None:
+        run(benchmark, prepared, suite, rounds, **extra)
+    else:
+        run_paired(benchmark, prepared, baseline, suite, rounds, **extra)
+
+
 def run(benchmark, prepared: Prepared, suite: str, rounds: int, **extra) -> None:
     """Time `rounds` training steps with pytest-benchmark and record the configuration and memory."""
     benchmark.extra_info.update(prepared.info, suite=suite, **extra)

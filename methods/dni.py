@@ -15,18 +15,25 @@ For each window [b, e), with N the batch's loss normaliser (DESIGN.md: every los
     M's loss |M(s_b) - y_b|^2 / N (summed over the batch and state units), for b > 0
     update the network and M together (one clip, one optimizer step)
 
-Two choices the paper's algorithm leaves to the implementation, both needed for M to learn here:
+Three choices the paper's algorithm leaves to the implementation, each needed for M to learn here:
 - `scale` (0.1): the synthetic gradient is multiplied by it before injection, and the target y_b
   sees the scaled one, so M learns the future gradient discounted by `scale` per window, a
-  regression with a contracting fixed point. Undiscounted (scale=1), the bootstrap fed on itself
-  and M's output grew without bound on copy T=200 (measured). 0.1 is the factor public
-  reimplementations give for the paper's recurrent experiments; scale=0 is tbptt[k] (M is trained
-  but never used).
+  regression with a contracting fixed point. Measured on copy T=200 (LSTM 64, batch 32, Adam 1e-3,
+  one seed, 60 steps): undiscounted (scale=1), M's output grew without bound before the 1/S below,
+  and with it the estimate's relative error to the exact gradient was 2 to 10, against 0.05 to 0.13
+  with scale=0.1. 0.1 is the factor public reimplementations give for the paper's recurrent
+  experiments; scale=0 is tbptt[k] (M is trained but never used).
 - M works per lane and per unit of loss: it predicts N times the gradient, the gradient of the sum of
   its lane's future per-position losses, of order one whatever the batch size and L. Regressed on
   the normalised gradient (targets of order 1/N), Adam's steps, of order lr whatever the gradient's
   scale, overshoot them by orders of magnitude. The 1/N on M's loss keeps its share of the one
   gradient-norm clip small beside the network's.
+- M(s) = m(s) / S, m the synthesiser module and S the state's width. Adam moves every weight of m
+  by about lr per update whatever its gradient, so a dense map's output moves by about lr |s|_1 per
+  update; the 1/S brings that to lr times the mean |s_j|, below the targets' scale. Without it (and
+  scale=0.1) M's output, mostly the noise of its own updates, stayed some 30 times larger than its
+  targets and the estimate's relative error grew past 10 within 40 steps on the same run; with it
+  the error stayed near 0.05.
 
 M starts at zero (weights and bias), so `dni` starts as `tbptt[k]` and departs from it as M learns;
 with M's output held at zero it is `tbptt[k]` (tested: gradients and training trajectory).

@@ -30,6 +30,8 @@ def test_suite_runs_and_ratios_read_its_json(tmp_path):
     cols = [c.strip() for c in header.strip("|").split("|")]
     rows = {r["method"]: r for r in (dict(zip(cols, (c.strip() for c in l.strip("|").split("|"))))
                                      for l in lines if l.startswith("| small"))}
-    bptt, tbptt = (1e3 * b["stats"]["median"] for b in sorted(data["benchmarks"], key=lambda b: b["name"]))
-    assert rows["tbptt"]["x bptt"] == f"{tbptt / bptt:.2f}" and rows["bptt"]["x bptt"] == "1"  # same run's bptt
-    assert rows["tbptt"]["ms/update"] == f"{tbptt / 10:.2f}"                   # L = 100: 10 windows
+    _, tbptt = sorted(data["benchmarks"], key=lambda b: b["name"])
+    paired = tbptt["extra_info"]
+    assert paired["baseline"] == "bptt" and paired["baseline_info"]["cell"] == "rnn" and paired["paired_ratio"] > 0
+    assert rows["tbptt"]["x bptt"] == f"{paired['paired_ratio']:.2f}" and rows["bptt"]["x bptt"] == "1"
+    assert rows["tbptt"]["ms/update"] == f"{1e3 * tbptt['stats']['median'] / 10:.2f}"   # L = 100: 10 windows
