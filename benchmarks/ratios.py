@@ -68,7 +68,7 @@ def methods_table(benchmarks) -> str:
                      "saved": mib(i["saved_bytes"]), "state": mib(i["state_bytes"]),
                      "saved+state x bptt": ratio(held, ref and ref["extra_info"]["saved_bytes"]),
                      "params": i["n_params"], "rounds": b["stats"]["rounds"]})
-    return tabulate(rows, headers="keys", tablefmt="github") if rows else ""
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) if rows else ""
 
 
 def targets_table(benchmarks) -> str:
@@ -89,7 +89,7 @@ def targets_table(benchmarks) -> str:
                      "baseline saved+state": mib(base["saved_bytes"] + base["state_bytes"]),
                      "memory x baseline": f"{memory:.3f}", "rounds": b["stats"]["rounds"],
                      "targets": "; ".join(verdicts) or "none"})
-    return tabulate(rows, headers="keys", tablefmt="github") if rows else ""
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) if rows else ""
 
 
 def online_table(benchmarks) -> str:
@@ -102,7 +102,7 @@ def online_table(benchmarks) -> str:
                      "ms per time step": f"{1e3 * b['stats']['median'] / i['L']:.3f}",
                      "x bptt": x_bptt(b, ref),
                      "state": mib(i["state_bytes"]), "saved": mib(i["saved_bytes"]), "rounds": b["stats"]["rounds"]})
-    return tabulate(rows, headers="keys", tablefmt="github") if rows else ""
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) if rows else ""
 
 
 def sab_table(benchmarks) -> str:
@@ -117,7 +117,7 @@ def sab_table(benchmarks) -> str:
                      "saved": mib(i["saved_bytes"]),
                      "saved x bptt": ratio(i["saved_bytes"], bp and bp["extra_info"]["saved_bytes"]),
                      "state": mib(i["state_bytes"]), "rounds": b["stats"]["rounds"]})
-    return tabulate(rows, headers="keys", tablefmt="github") if rows else ""
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True) if rows else ""
 
 
 def report(data: dict, source: str) -> str:
