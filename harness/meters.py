@@ -8,8 +8,9 @@ graph node holding it is freed (the packed handle's finaliser).
 
 Nested hooks. Only the innermost pair of `saved_tensors_hooks` runs, so a method that installs its
 own (non-reentrant `torch.utils.checkpoint` does, in the forward pass and again while it recomputes
-a segment during backward) would hide its tensors from the meter's hook. While a meter measures,
-every other `saved_tensors_hooks` entered (by any code, in any thread) has its pack hook wrapped:
+a segment during backward) would hide its tensors from the meter's hook. While a meter measures
+(`saved_tensors_hooks.__enter__` is replaced then, and restored when the last meter stops), every
+other `saved_tensors_hooks` entered (by any code, in any thread) has its pack hook wrapped:
 whatever tensors the nested hook returns (a tensor, or tensors in a tuple or list) count, each from
 its pack until that tensor object is freed, by the same storage ledger (each storage once, the
 same exclusions). This is the rule "what the hook keeps is what it returns", and it is exact for
@@ -18,10 +19,11 @@ segment holds nothing until backward reaches it; its recomputation hook keeps ea
 tensor in a table until the original node unpacks it, and returns that same tensor object, so the
 recomputed segment counts from recomputation until each tensor has been used. A nested pack hook
 that raises (checkpoint stops recomputing, by an exception, once the last needed tensor is saved,
-having already kept it) counts the tensor it was given until its storage is freed.
-Limits: a nested hook that keeps a tensor somewhere else and returns a token without it (or
-offloads it to another storage, e.g. `save_on_cpu`, whose copy is counted, not the device tensor) is
-counted by what it returns; `torch.func` transforms refuse to run under any saved-tensors hook.
+having already kept it) counts the tensor it was given until its storage is freed (torch keeps a
+storage's Python object as long as the storage lives, so its finaliser runs then).
+Limits: a nested hook that keeps a tensor elsewhere and returns a token without it is not seen; one
+that offloads to another storage (`save_on_cpu`) is counted by its copy, not by the device tensor;
+`torch.func` transforms refuse to run under any saved-tensors hook.
 """
 from __future__ import annotations
 
