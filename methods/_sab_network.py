@@ -10,16 +10,19 @@ Per step t (1-indexed), with memory M = (m_1, ..., m_|M|):
     y_t = readout(h_t)            ([h_t; r_t] in the released variant)
     if t % k_att == 0: append h_t to M                   (not detached; h^_t with store=provisional)
 
-How the memory keeps every skip gradient and stays cheap: each stored h_t is kept by reference in
-an autograd chain (`_Link`), and its value is also copied into a no-grad buffer (with a no-grad
-cache of its key, its part of the score, for scorers that have one; the bilinear scorer's key is
-the value). Each step chooses the top memories from the cached keys without gradient, reads only
-those (`_Read`) and recomputes only their scores with gradient.
-`_Read`'s backward adds its gradient into a per-sequence accumulator; `_Link` hands memory j its
-accumulated gradient, and autograd's dependency order runs `_Link` j only after every read that
-could have chosen memory j. So nothing is concatenated per step, nothing loops over memories in
-Python, and the buffers autograd never saves are the only ones written in place. The autograd
-nodes hold only the accumulator, which holds no tensor of the graph: no reference cycle (tested).
+How the memory keeps every skip gradient and stays cheap. A scorer splits a_j into a key (the part
+that depends on m_j alone, computed with gradient once per write) and a query (the part that
+depends on h^_t). Each stored m_j and its key are kept by reference in an autograd chain (`_Link`),
+and copied into one no-grad buffer [B, capacity, H + key width]. One autograd node per step
+(`_AttentionStep`) scores every memory from that buffer, chooses the top rows, gathers them,
+sparsifies and adds the weighted sum to h^_t; its backward is in closed form and adds each chosen
+row's gradient (value and key) into a per-sequence accumulator, from which `_Link` hands memory j
+its gradient. Autograd's dependency order runs `_Link` j only after every read that could have
+chosen memory j. So nothing is concatenated per step, nothing loops over memories in Python, and the
+buffers autograd never saves are the only ones written in place. Tensors the backward needs go
+through `ctx.save_for_backward` (the saved-bytes meter counts them); the nodes hold only the
+accumulator, which holds no tensor of the graph: no reference cycle (tested). The closed forms
+are checked against plain autograd in float64 and by finite differences (tests/test_sab.py).
 """
 from __future__ import annotations
 
@@ -31,143 +34,137 @@ from torch.nn import functional as F
 
 from harness.models import Cell, Network, detach
 
-EPS_PAPER = 1e-12     # floor of the normaliser: the weights sum to exactly 1 unless all k_top tie with the threshold
+EPS_PAPER = 1e-12     # default floor of the normaliser: the weights sum to exactly 1 unless all k_top tie with the threshold
 EPS_RELEASED = 1e-7   # the release adds this to the threshold and to the normaliser
 
 
 class _GradStore:
-    """Gradient accumulated for each memory row during one backward pass. Held by the autograd
-    nodes; it references no tensor of the graph, so no reference cycle keeps the graph alive."""
+    """Gradient accumulated for each memory row [value; key] during one backward pass, laid out
+    [B * capacity, width] with the memory's final capacity. Held by the autograd nodes; it references
+    no tensor of the graph, so no reference cycle keeps the graph alive."""
 
     def __init__(self):
-        self.rows, self.grad = 0, None
+        self.capacity, self.grad, self.offsets = 0, None, None
 
     def accumulate(self, idx: torch.Tensor, g: torch.Tensor) -> None:
-        if self.grad is None or self.grad.shape[1] < self.rows:
-            old, self.grad = self.grad, g.new_zeros(g.shape[0], self.rows, g.shape[2])
-            if old is not None:
-                self.grad[:, :old.shape[1]] = old
-        flat = (_lanes(idx) * self.grad.shape[1] + idx).reshape(-1)
-        self.grad.view(-1, g.shape[2]).index_add_(0, flat, g.reshape(-1, g.shape[2]))
+        """Add g [B, n, width] into rows idx [B, n]."""
+        if self.grad is None:
+            B = idx.shape[0]
+            self.offsets = torch.arange(B, device=idx.device)[:, None] * self.capacity
+            self.grad = g.new_zeros(B * self.capacity, g.shape[2])
+        self.grad.index_add_(0, (idx + self.offsets).view(-1), g.view(-1, g.shape[2]))
 
     def take(self, j: int) -> torch.Tensor | None:
-        if self.grad is None or j >= self.grad.shape[1]:
+        """Memory j's gradient [B, width], reset for another backward pass through the same graph."""
+        if self.grad is None:
             return None
-        g = self.grad[:, j].clone()
-        self.grad[:, j].zero_()   # ready for another backward pass through the same graph
+        row = self.grad.view(-1, self.capacity, self.grad.shape[1])[:, j]
+        g = row.clone()
+        row.zero_()
         return g
 
 
-def _lanes(idx):
-    return torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)
-
-
 class _Link(torch.autograd.Function):
-    """handle_j = Link(handle_{j-1}, m_j): a scalar token that depends on every stored memory."""
+    """handle_j = Link(handle_{j-1}, m_j, key_j): a scalar token that depends on every stored tensor."""
 
     @staticmethod
-    def forward(ctx, handle, m, store, j):
-        ctx.store, ctx.j = store, j
+    def forward(ctx, store, j, handle, m, key):
+        ctx.set_materialize_grads(False)   # the handles carry no gradient, only the order
+        ctx.store, ctx.j, ctx.H = store, j, m.shape[1]
+        ctx.key_shape = None if key is None else key.shape
         return handle.new_zeros(())
 
     @staticmethod
     def backward(ctx, g_handle):
-        return g_handle, ctx.store.take(ctx.j), None, None
-
-
-class _Read(torch.autograd.Function):
-    """values[b, :, idx[b, s]] for chosen memories; gradients go to the accumulator, and reach the
-    stored tensors through the `_Link` chain that `handle` closes."""
-
-    @staticmethod
-    def forward(ctx, handle, values, idx, store):
-        ctx.store = store
-        ctx.save_for_backward(idx)
-        return values[_lanes(idx), :, idx]   # values [B, H, cap] -> [B, n, H]
-
-    @staticmethod
-    def backward(ctx, g):
-        (idx,) = ctx.saved_tensors
-        ctx.store.accumulate(idx, g)
-        return g.new_zeros(()), None, None, None
+        g = ctx.store.take(ctx.j)
+        if g is None:
+            return None, None, None, None, None
+        g_key = None if ctx.key_shape is None else g[:, ctx.H:].reshape(ctx.key_shape)
+        return None, None, None, g[:, :ctx.H], g_key
 
 
 class Memory:
-    """The stored hidden states of one batch of sequences (no-grad copies [B, H, |M|], one column
-    per memory, so scoring all of them is one batched product; cached keys [B, |M|, ...] if the
-    scorer has any), and the step count. Part of the carry and appended to in place: a carry is
-    used once, in order (as `run` does)."""
+    """The stored hidden states of one batch of sequences: a no-grad buffer [B, capacity, H + key
+    width] of their values and cached keys, per-lane row offsets for gathers, a scratch buffer for
+    scorers that need one, the autograd chain of the stored tensors, and the step count. Part of the
+    carry and appended to in place: a carry is used once, in order (as `run` does)."""
 
-    def __init__(self, like: torch.Tensor):
+    def __init__(self, like: torch.Tensor, key_width: int):
         self.size, self.t = 0, 0
-        self.values = self.keys = None
+        self.H, self.width = like.shape[1], like.shape[1] + key_width
+        self.buf = self.offsets = self.scratch = None
         self.store = _GradStore()
         self.handle = like.new_zeros(())
 
-    def _grow(self, buf, new, dim):
-        """buf with `new` stored at position self.size along `dim`, doubling the capacity when full."""
-        if buf is None or self.size == buf.shape[dim]:
-            shape = list(new.shape)
-            shape.insert(dim, max(8, 2 * self.size))
-            grown = new.new_empty(shape)
-            if self.size:
-                grown.narrow(dim, 0, self.size).copy_(buf.narrow(dim, 0, self.size))
-            buf = grown
-        buf.select(dim, self.size).copy_(new)
-        return buf
-
-    def write(self, m: torch.Tensor, key: torch.Tensor | None) -> None:
+    def write(self, m: torch.Tensor, key: torch.Tensor | None, cached_key: torch.Tensor | None) -> None:
+        """Store m and its key (with gradient); `cached_key` [B, key width] is what the scan reads."""
         with torch.no_grad():
-            self.values = self._grow(self.values, m, 2)
-            if key is not None:
-                self.keys = self._grow(self.keys, key, 1)
-        self.store.rows = self.values.shape[2]
-        self.handle = _Link.apply(self.handle, m, self.store, self.size)
+            if self.buf is None or self.size == self.buf.shape[1]:   # full: double the capacity
+                grown = m.new_empty(m.shape[0], max(8, 2 * self.size), self.width)
+                if self.size:
+                    grown[:, :self.size] = self.buf[:, :self.size]
+                self.buf, self.store.capacity = grown, grown.shape[1]
+                self.lanes = torch.arange(m.shape[0], device=m.device)[:, None]
+                self.offsets = self.lanes * grown.shape[1]
+            self.buf[:, self.size, :self.H] = m
+            if cached_key is not None:
+                self.buf[:, self.size, self.H:] = cached_key
+        self.handle = _Link.apply(self.store, self.size, self.handle, m, key)
         self.size += 1
 
-    def read(self, idx: torch.Tensor) -> torch.Tensor:
-        """Memories idx [B, n], [B, n, H], with gradient to the stored tensors."""
-        return _Read.apply(self.handle, self.values, idx, self.store)
+    @property
+    def values(self) -> torch.Tensor:
+        """[B, |M|, H], no gradient."""
+        return self.buf[:, :self.size, :self.H]
 
-    def cached_keys(self) -> torch.Tensor:
-        """Without gradient: the keys [B, |M|, ...], or the values [B, H, |M|] for a scorer without keys."""
-        return self.values[:, :, :self.size] if self.keys is None else self.keys[:, :self.size]
+    @property
+    def keys(self) -> torch.Tensor:
+        """The cached keys [B, |M|, key width], no gradient."""
+        return self.buf[:, :self.size, self.H:]
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """The values of rows idx [B, n] -> [B, n, H], no gradient."""
+        flat = self.buf.view(-1, self.width)[:, :self.H].index_select(0, (idx + self.offsets).view(-1))
+        return flat.view(idx.shape + (self.H,))
+
+    def gather_workspace(self, idx: torch.Tensor, width: int) -> torch.Tensor:
+        """Rows idx [B, n] of the workspace last used as [B, |M|, width] -> [B, n, width]."""
+        flat = torch.add(idx, self.lanes, alpha=self.size).view(-1)
+        return self.scratch.view(-1, width).index_select(0, flat).view(idx.shape + (width,))
+
+    def workspace(self, *shape: int) -> torch.Tensor:
+        """A scratch tensor of this shape, reused from step to step (no gradient, never saved)."""
+        n = math.prod(shape)
+        if self.scratch is None or self.scratch.numel() < n:
+            self.scratch = self.buf.new_empty(max(n, 2 * (0 if self.scratch is None else self.scratch.numel())))
+        return self.scratch[:n].view(shape)
 
     def rows(self) -> torch.Tensor:
         """The stored values [|M|, B, H] (no gradient), for tests and plots."""
-        return self.values[:, :, :self.size].permute(2, 0, 1)
+        return self.values.transpose(0, 1)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.values, self.keys) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.buf, self.scratch) if t is not None)
 
 
-class BilinearScorer(nn.Module):
-    """a_j = m_j . (W h^ + b): query-dependent; the memory itself is the key, so choosing among all
-    memories is one batched product with the stored values, and nothing but the values is cached."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.query_proj = nn.Linear(hidden_size, hidden_size)
-
-    def key(self, m):
-        return None
-
-    def query(self, h):
-        return self.query_proj(h)
-
-    def from_keys(self, q, keys):      # keys = values [B, H, M] -> [B, M]
-        return torch.bmm(q.unsqueeze(1), keys).squeeze(1)
-
-    def score_rows(self, q, m):        # m [B, n, H] -> [B, n]
-        return (m * q.unsqueeze(1)).sum(-1)
-
+# --- scorers --------------------------------------------------------------------------------------
+# A scorer splits a_j = score(h^, m_j) into `key(m)`, made with gradient once per write (`cache`: its
+# no-grad form [B, key_width] that the scan reads), and `query(h^)`, made with gradient each step
+# (None: the scorer reads h^ itself). Without gradient, `scan` scores every memory (to choose rows)
+# and returns what the backward needs; `chosen` adds what it needs of the chosen rows. `backward` is
+# the closed-form gradient of the chosen rows' scores: it returns d/d query (or h^) and d/d the
+# scorer's per-step tensors, and writes d/d keys into the rows' gradient g_rows[:, :, H:].
 
 class MLPScorer(nn.Module):
-    """a_j = v . tanh(W_m m_j + W_q h^ + b): an MLP over the pair (hidden width = hidden size);
-    keys W_m m_j are cached, but choosing still costs a tanh over every memory each step."""
+    """a_j = v . tanh(W_m m_j + W_q h^ + b): an MLP over the pair [h^; m_j] with one hidden layer of
+    width H (the paper's Figure 1). The key W_m m_j is made once per write; scanning every memory
+    still costs a tanh over [B, |M|, H] per step. tanh(x) is evaluated as 2 sigmoid(2x) - 1 (the
+    same function to rounding; torch's CPU tanh is about ten times slower than its sigmoid), so the
+    scan is a = 2 v . sigmoid(2 W_m m_j + 2 q) - sum(v), with 2 W_m m_j cached at the write."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
+        self.key_width = hidden_size
         self.key_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.query_proj = nn.Linear(hidden_size, hidden_size)
         self.v = nn.Parameter(torch.empty(hidden_size).uniform_(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
@@ -175,14 +172,64 @@ class MLPScorer(nn.Module):
     def key(self, m):
         return self.key_proj(m)
 
+    def cache(self, key):
+        return 2 * key
+
     def query(self, h):
         return self.query_proj(h)
 
-    def from_keys(self, q, keys):
-        return torch.tanh(keys + q.unsqueeze(1)) @ self.v
+    def step_params(self):
+        return (self.v,)
 
-    def score_rows(self, q, m):
-        return self.from_keys(q, self.key_proj(m))
+    def scan(self, q, memory):
+        B, M, H = q.shape[0], memory.size, q.shape[1]
+        s = memory.workspace(B, M, H)
+        torch.add(memory.keys, 2 * q.unsqueeze(1), out=s).sigmoid_()
+        return torch.addmv(-self.v.sum(), s.view(-1, H), self.v, alpha=2).view(B, M), q
+
+    def chosen(self, q, memory, idx):                   # the chosen rows' tanh [B, n, H], from the scan
+        return (memory.gather_workspace(idx, q.shape[1]).mul_(2).sub_(1),)
+
+    def backward(self, g_a, q, m, extra, params, g_rows):
+        (z,), (v,), H = extra, params, q.shape[1]
+        g_pre = torch.mul(g_a.unsqueeze(2) * v, 1 - z * z, out=g_rows[:, :, H:])   # d a / d (W_m m + W_q h^ + b)
+        return g_pre.sum(1), (torch.mv(z.view(-1, H).T, g_a.view(-1)),)
+
+
+class BilinearScorer(nn.Module):
+    """a_j = m_j . (W h^ + b), this project's cheaper scorer (not the paper's). Computed as
+    k_j . [1; h^] with the key k_j = [b . m_j; W^T m_j] made once per write, so a step needs no
+    query projection, and scanning every memory is one batched product with the cached keys."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.key_width = hidden_size + 1
+        self.query_proj = nn.Linear(hidden_size, hidden_size)
+
+    def key(self, m):   # (two products rather than one with [b, W]: that concatenation would be saved per write)
+        return torch.cat([(m @ self.query_proj.bias).unsqueeze(1), m @ self.query_proj.weight], 1)
+
+    def cache(self, key):
+        return key
+
+    def query(self, h):
+        return None
+
+    def step_params(self):   # W, for the gradient to h^ (its own gradient comes through the keys)
+        return (self.query_proj.weight,)
+
+    def scan(self, h, memory):
+        h1 = F.pad(h, (1, 0), value=1.0)   # [1; h^]
+        # (this orientation of the batched product is several times faster than keys @ h1 on CPU)
+        return torch.bmm(h1.unsqueeze(1), memory.keys.transpose(1, 2)).squeeze(1), h1
+
+    def chosen(self, h1, memory, idx):
+        return ()
+
+    def backward(self, g_a, h1, m, extra, params, g_rows):
+        (W,), H = params, m.shape[2]
+        torch.mul(g_a.unsqueeze(2), h1.unsqueeze(1), out=g_rows[:, :, H:])
+        return torch.bmm(g_a.unsqueeze(1), m).squeeze(1) @ W, (None,)   # sum_j g_a_j W^T m_j
 
 
 class SeparableScorer(nn.Module):
@@ -190,49 +237,165 @@ class SeparableScorer(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
+        self.key_width = 1
         self.w = nn.Parameter(torch.randn(2 * hidden_size) * 0.01)
         self.hidden_size = hidden_size
 
     def key(self, m):
         return torch.tanh(m) @ self.w[self.hidden_size:]
 
+    def cache(self, key):
+        return key.unsqueeze(1)
+
     def query(self, h):
         return torch.tanh(h) @ self.w[:self.hidden_size]
 
-    def from_keys(self, q, keys):
-        return keys + q.unsqueeze(1)
+    def step_params(self):
+        return ()
 
-    def score_rows(self, q, m):
-        return self.from_keys(q, self.key(m))
+    def scan(self, q, memory):
+        return memory.keys.squeeze(2) + q.unsqueeze(1), q
+
+    def chosen(self, q, memory, idx):
+        return ()
+
+    def backward(self, g_a, q, m, extra, params, g_rows):
+        g_rows[:, :, -1] = g_a
+        return g_a.sum(1), ()
 
 
-SCORERS = {"bilinear": BilinearScorer, "mlp": MLPScorer, "separable": SeparableScorer}
+SCORERS = {"mlp": MLPScorer, "bilinear": BilinearScorer, "separable": SeparableScorer}
+
+
+# --- the sparsifier -------------------------------------------------------------------------------
+class Sparsifier:
+    """Weights from the chosen rows' scores a [B, n] (sorted, descending, when the memory is long)
+    and their closed-form gradient.
+
+    paper, long memory (n = k_top + 1): w = relu(a - a_n) / max(sum, floor); the threshold a_n gets
+    gradient unless threshold_grad=False. paper, short memory (|M| <= k_top): softmax(a).
+    released, long memory (n = k_top): w = relu(a - (a_n + 1e-7)) / (sum + 1e-7); short: raw a.
+    """
+
+    def __init__(self, k_top: int, released: bool, threshold_grad: bool = True, floor: float = EPS_PAPER):
+        self.k_top, self.released, self.threshold_grad, self.floor = k_top, released, threshold_grad, floor
+        self.n = k_top if released else k_top + 1
+        # d u / d a for u = a - a_n (u_n = 0, or -1e-7 in the release: never weighted): the identity,
+        # minus 1 in the threshold's column when the threshold gets gradient
+        self.to_scores = torch.eye(self.n)
+        if threshold_grad:
+            self.to_scores[:, -1] -= 1
+        self._cast = {}
+
+    def _matrix(self, like):
+        key = (like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = self.to_scores.to(like)
+        return self._cast[key]
+
+    def forward(self, a: torch.Tensor, long: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(w, what the backward needs besides w: for the long forms w_f, with w_f = w where the
+        normaliser depends on the scores and 0 where it sits at its floor, and 1[w > 0] / Z)."""
+        if not long:
+            return (a if self.released else torch.softmax(a, 1)), ()
+        if self.released:
+            w = (a - (a[:, -1:] + EPS_RELEASED)).clamp_min_(0)
+            Z = w.sum(1, keepdim=True).add_(EPS_RELEASED)
+            w_f = w.div_(Z)
+        else:
+            w = (a - a[:, -1:]).clamp_min_(0)
+            s = w.sum(1, keepdim=True)
+            Z = s.clamp_min(self.floor)
+            w = w.div_(Z)
+            w_f = w if bool((s >= self.floor).all()) else w * (s >= self.floor)
+        return w, (w_f, w.sign().div_(Z))
+
+    def backward(self, g_w: torch.Tensor, w: torch.Tensor, aux: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if not aux:
+            return g_w if self.released else w * (g_w - (g_w * w).sum(1, keepdim=True))
+        w_f, mask_over_Z = aux
+        g_u = (g_w - (g_w * w_f).sum(1, keepdim=True)).mul_(mask_over_Z)   # through the normaliser and the relu
+        return g_u @ self._matrix(g_u)                                        # and the threshold
+
+
+class _AttentionStep(torch.autograd.Function):
+    """h = h^ + sum_j w_j m_j over the chosen memories, for one step, as one autograd node; gradients
+    to h^, the query, the scorer's per-step parameters, and (through the accumulator and `_Link`) the
+    chosen memories' values and keys. With `with_r`, returns (h, r) (the released readout sees r)."""
+
+    @staticmethod
+    def forward(ctx, scorer, sparsifier, memory, with_r, handle, h_hat, q, *params):
+        idx, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
+        ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
+        ctx.n_aux, ctx.n_extra = len(aux), len(extra)
+        ctx.width = memory.width
+        ctx.save_for_backward(idx, w, m, query, *aux, *extra, *params)
+        if with_r:
+            r = torch.bmm(w.unsqueeze(1), m).squeeze(1)
+            return h_hat + r, r
+        return torch.baddbmm(h_hat.unsqueeze(1), w.unsqueeze(1), m).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, g_h, g_r=None):
+        idx, w, m, query, *rest = ctx.saved_tensors
+        aux, rest = rest[:ctx.n_aux], rest[ctx.n_aux:]
+        extra, params = rest[:ctx.n_extra], rest[ctx.n_extra:]
+        g_read = g_h if g_r is None else g_h + g_r
+        H = g_h.shape[1]
+        g_a = ctx.sparsifier.backward(torch.bmm(g_read.unsqueeze(1), m.transpose(1, 2)).squeeze(1), w, aux)
+        g_rows = m.new_empty(m.shape[:2] + (ctx.width,))               # [d/d m_j; d/d key_j]
+        torch.mul(w.unsqueeze(2), g_read.unsqueeze(1), out=g_rows[:, :, :H])
+        g_q, g_params = ctx.scorer.backward(g_a, query, m, extra, params, g_rows)
+        ctx.store.accumulate(idx, g_rows)
+        # the handle only orders the backward (`_Link` j after these reads): no gradient to pass
+        if ctx.query_is_h:
+            return (None, None, None, None, None, g_h + g_q, None) + g_params
+        return (None, None, None, None, None, g_h, g_q) + g_params
+
+
+def choose_and_weigh(scorer, sparsifier, memory, q):
+    """Without gradient: the chosen rows idx [B, n], their weights w and what the sparsifier's
+    backward needs, their values m [B, n, H], and the query and what the scorer's backward needs.
+    Long memory: the top n rows by score (sorted, descending; ties broken by torch.topk's order,
+    deterministic on CPU); short: every row."""
+    with torch.no_grad():
+        scores, q = scorer.scan(q, memory)
+        long = memory.size > sparsifier.k_top
+        if long:
+            a, idx = scores.topk(sparsifier.n, dim=1)
+        else:
+            a, idx = scores, torch.arange(memory.size, device=q.device).expand(q.shape[0], -1)
+        w, aux = sparsifier.forward(a, long)
+        return idx, w, aux, memory.gather(idx), q, scorer.chosen(q, memory, idx)
 
 
 class SABNetwork(Network):
     """Cell + sparse attention over past hidden states + linear readout; carry = (cell state, Memory)."""
 
     def __init__(self, cell: Cell, output_size: int, k_top: int, k_att: int, variant: str = "paper",
-                 scorer: str = "bilinear", store: str = "attended"):
+                 scorer: str = "mlp", store: str = "attended", threshold_grad: bool = True,
+                 floor: float = EPS_PAPER):
         super().__init__()
         self.cell, self.k_top, self.k_att, self.variant = cell, k_top, k_att, variant
         self.store_provisional = store == "provisional"
         self.released = variant == "released"
         H = cell.hidden_size
         self.scorer = SCORERS[scorer](H)
+        self.sparsifier = Sparsifier(k_top, self.released, threshold_grad, floor)
         self.readout = nn.Linear(2 * H if self.released else H, output_size)
 
     def init_carry(self, batch_size):
         state = self.cell.init_state(batch_size)
-        memory = Memory(state[0])
+        memory = Memory(state[0], self.scorer.key_width)
         if self.released:   # the release's first memory is the zero initial state
             self._write(memory, state[0])
         return state, memory
 
-    def _write(self, memory, h):
+    def _write(self, memory, m):
+        key = self.scorer.key(m)
         with torch.no_grad():
-            key = self.scorer.key(h)
-        memory.write(h, key)
+            cached = self.scorer.cache(key)
+        memory.write(m, key, cached)
 
     def truncate(self, carry):
         state, memory = carry
@@ -245,8 +408,7 @@ class SABNetwork(Network):
         state, memory = carry
         state = self.cell(x_t, state)
         h_hat = self.cell.hidden(state)
-        r = self.read(h_hat, memory)
-        h = h_hat + r
+        h, r = self.attend(h_hat, memory)
         state = (h,) + tuple(state[1:])
         memory.t += 1
         if memory.t % self.k_att == 0:
@@ -254,48 +416,21 @@ class SABNetwork(Network):
         out = self.readout(torch.cat([h, r], -1) if self.released else h)
         return out, (state, memory)
 
-    # --- attention ------------------------------------------------------------------------------
     def attend(self, h_hat, memory):
-        """(memories idx [B, n], their weights w [B, n], their values [B, n, H]), or None if empty.
-
-        Long memory (more than k_top entries): the top k_top + 1 (paper) or k_top (release) rows by
-        score are chosen without gradient from the cached keys, and only their scores are recomputed
-        with gradient. Short memory: every row, softmax weights (paper) or raw scores (release).
-        """
-        M, B = memory.size, h_hat.shape[0]
-        if M == 0:
-            return None
-        q = self.scorer.query(h_hat)
-        if M <= self.k_top:
-            idx = torch.arange(M, device=h_hat.device).expand(B, M)
-            m = memory.read(idx)
-            a = self.scorer.score_rows(q, m)
-            return idx, (a if self.released else torch.softmax(a, 1)), m
-        n = self.k_top if self.released else self.k_top + 1
-        with torch.no_grad():
-            idx = self.scorer.from_keys(q, memory.cached_keys()).topk(n, dim=1).indices   # sorted, descending
-        m = memory.read(idx)
-        a = self.scorer.score_rows(q, m)
-        if self.released:   # threshold at the k-th score plus eps: k_top - 1 rows keep weight
-            w = F.relu(a - (a[:, -1:] + EPS_RELEASED))
-            return idx, w / (w.sum(1, keepdim=True) + EPS_RELEASED), m
-        # threshold at the (k_top+1)-th score, which gets gradient too; its own weight is relu(0) = 0
-        # with zero gradient, so it stays in the sum rather than being sliced off (two fewer nodes)
-        w = F.relu(a - a[:, -1:])
-        return idx, w / w.sum(1, keepdim=True).clamp_min(EPS_PAPER), m
-
-    def read(self, h_hat, memory):
-        chosen = self.attend(h_hat, memory)
-        if chosen is None:
-            return torch.zeros_like(h_hat)
-        _, w, m = chosen
-        return torch.bmm(w.unsqueeze(1), m).squeeze(1)
+        """(h^ + r, r): the provisional state plus the read-out r of the memory (r only for the
+        released variant's readout, else None)."""
+        if memory.size == 0:
+            return h_hat, torch.zeros_like(h_hat) if self.released else None
+        out = _AttentionStep.apply(self.scorer, self.sparsifier, memory, self.released, memory.handle, h_hat,
+                                   self.scorer.query(h_hat), *self.scorer.step_params())
+        return out if self.released else (out, None)
 
     def weights(self, h_hat, memory) -> torch.Tensor:
         """The dense attention weights [|M|, B] (zeros for rows not chosen), for tests and plots."""
         dense = h_hat.new_zeros(h_hat.shape[0], memory.size)
-        chosen = self.attend(h_hat, memory)
-        if chosen is not None:
-            idx, w, _ = chosen
+        if memory.size:
+            with torch.no_grad():
+                q = self.scorer.query(h_hat)
+                idx, w, *_ = choose_and_weigh(self.scorer, self.sparsifier, memory, h_hat if q is None else q)
             dense = dense.scatter(1, idx, w)
         return dense.T

@@ -93,8 +93,10 @@ class SAB(Method):
         "variant": Param("paper", str, "paper, or released (the authors' code)", choices=VARIANTS),
         "store": Param("attended", str, "attended: store h_t = h^_t + r_t (paper, release); provisional: "
                        "store h^_t (a stabiliser the paper does not name)", choices=("attended", "provisional")),
-        "scorer": Param(None, str, "bilinear, mlp or separable; default bilinear (paper), separable (released)",
-                        choices=SCORERS_NAMES),
+        "scorer": Param(None, str, "mlp (the paper's), bilinear (this project's cheaper scorer) or separable "
+                        "(the release's); default mlp (paper), separable (released)", choices=SCORERS_NAMES),
+        "threshold_grad": Param(True, bool, "true: the threshold score a_(k_top+1) gets gradient, so k_top+1 "
+                                "memories are backtracked per read (the exact derivative); false: treat it as a constant"),
     }
     test_params = [{}, {"k_trunc": 2, "k_top": 1, "k_att": 1}, {"k_trunc": 3, "k_top": 2, "k_att": 1, "scorer": "mlp"},
                    {"variant": "released", "k_trunc": 2, "k_top": 2, "k_att": 1}]
@@ -109,8 +111,9 @@ class SAB(Method):
 
     def build_network(self, spec):
         cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
-        scorer = self.scorer or ("separable" if self.variant == "released" else "bilinear")
-        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store)
+        scorer = self.scorer or ("separable" if self.variant == "released" else "mlp")
+        return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store,
+                          self.threshold_grad)
 
     def reference(self):
         """Shared parameters come from the SAB network trained by full BPTT (sab_bptt)."""

@@ -103,7 +103,7 @@ def test_untruncated_sab_is_bptt_through_its_network(cell, variant, extra):
                  for n, _ in net.scorer.named_parameters(prefix="scorer")]).norm() > 0
 
 
-@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "mlp"), ("released", None)])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None)])
 def test_gradcheck_tiny_sab_network(variant, scorer):
     # seed 3: every step's top scores are at least 0.01 apart (at other seeds this tiny GRU ties
     # memories to within the release's 1e-7, its sparsifier's kink, where finite differences fail)
@@ -124,8 +124,8 @@ def test_gradcheck_tiny_sab_network(variant, scorer):
 
 # --- (b) truncated: against the independent implementation, path by path -----------------------
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "mlp"), ("released", None),
-                                            ("released", "bilinear")])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("paper", "separable"),
+                                            ("released", None), ("released", "mlp")])
 @pytest.mark.parametrize("k_trunc,k_top,k_att", [(1, 1, 1), (2, 2, 1), (3, 2, 2), (5, 3, 3), (4, 8, 1)])
 def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc, k_top, k_att):
     method, net, batch = make(cell, seq_len=3, k_trunc=k_trunc, k_top=k_top, k_att=k_att, variant=variant,
@@ -192,7 +192,7 @@ def test_sparsifier_keeps_k_top_weights_paper_and_k_top_minus_one_released(varia
         assert ((w.sum(0) < 1) & (w.sum(0) > 0.99)).all() and (excess > 0).all()
 
 
-@pytest.mark.parametrize("scorer", [None, "mlp"])
+@pytest.mark.parametrize("scorer", [None, "bilinear"])
 def test_paper_weights_depend_on_the_query_released_do_not(scorer):
     for variant in ("paper", "released"):
         net, memory, batch = filled(variant, scorer=scorer if variant == "paper" else None)
@@ -282,9 +282,23 @@ def test_window_boundaries():
 
 
 def test_readout_sees_h_paper_and_h_r_released():
-    for variant, width, scorer in (("paper", 4, "BilinearScorer"), ("released", 8, "SeparableScorer")):
+    for variant, width in (("paper", 4), ("released", 8)):
         _, net, _ = make(hidden=4, variant=variant)
-        assert net.readout.in_features == width and type(net.scorer).__name__ == scorer
+        assert net.readout.in_features == width
+
+
+def test_default_scorer_is_the_papers_mlp_and_the_releases_separable():
+    """The paper scores with an MLP over [h^; m] (its Figure 1); bilinear is an option, not the default."""
+    assert SAB.hyperparameters["scorer"].default is None
+    for variant, scorer, params in (("paper", "MLPScorer", {"key_proj.weight", "query_proj.weight",
+                                                           "query_proj.bias", "v"}),
+                                    ("released", "SeparableScorer", {"w"})):
+        _, net, _ = make(hidden=4, variant=variant)
+        assert type(net.scorer).__name__ == scorer
+        assert {n for n, _ in net.scorer.named_parameters()} == params
+    _, net, _ = make(hidden=4, scorer="bilinear")
+    assert type(net.scorer).__name__ == "BilinearScorer"
+    assert SAB().label == "sab" and SAB(scorer="mlp").label == "sab[scorer=mlp]"
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
