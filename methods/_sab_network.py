@@ -39,37 +39,37 @@ EPS_RELEASED = 1e-7   # the release adds this to the threshold and to the normal
 
 
 class _GradStore:
-    """Gradient accumulated for each memory row [value; key] during one backward pass, laid out
-    [B * capacity, width] with the memory's final capacity. Held by the autograd nodes; it references
-    no tensor of the graph, so no reference cycle keeps the graph alive."""
+    """Gradient accumulated for each memory row [value; key] during one backward pass, laid out like
+    the memory's buffer: row j * B + b for memory j of lane b. Held by the autograd nodes; it
+    references no tensor of the graph, so no reference cycle keeps the graph alive."""
 
-    def __init__(self):
-        self.capacity, self.grad, self.offsets = 0, None, None
+    def __init__(self, batch_size: int):
+        self.B, self.rows, self.grad = batch_size, 0, None
 
-    def accumulate(self, idx: torch.Tensor, g: torch.Tensor) -> None:
-        """Add g [B, n, width] into rows idx [B, n]."""
+    def accumulate(self, flat: torch.Tensor, g: torch.Tensor) -> None:
+        """Add g [B * n, width] into rows flat [B * n]."""
         if self.grad is None:
-            B = idx.shape[0]
-            self.offsets = torch.arange(B, device=idx.device)[:, None] * self.capacity
-            self.grad = g.new_zeros(B * self.capacity, g.shape[2])
-        self.grad.index_add_(0, (idx + self.offsets).view(-1), g.view(-1, g.shape[2]))
+            self.grad = g.new_zeros(self.rows, g.shape[1])
+        self.grad.index_add_(0, flat, g)
 
     def take(self, j: int) -> torch.Tensor | None:
         """Memory j's gradient [B, width], reset for another backward pass through the same graph."""
         if self.grad is None:
             return None
-        row = self.grad.view(-1, self.capacity, self.grad.shape[1])[:, j]
-        g = row.clone()
-        row.zero_()
+        rows = self.grad[j * self.B:(j + 1) * self.B]
+        g = rows.clone()
+        rows.zero_()
         return g
 
 
 class _Link(torch.autograd.Function):
-    """handle_j = Link(handle_{j-1}, m_j, key_j): a scalar token that depends on every stored tensor."""
+    """handle_j = Link(handle_{j-1}, m_j, key_j): a scalar token that depends on every stored tensor,
+    so that autograd runs its backward (which hands m_j and key_j their accumulated gradients) only
+    after every read that could have chosen memory j. The handles carry no gradient, only that order."""
 
     @staticmethod
     def forward(ctx, store, j, handle, m, key):
-        ctx.set_materialize_grads(False)   # the handles carry no gradient, only the order
+        ctx.set_materialize_grads(False)
         ctx.store, ctx.j, ctx.H = store, j, m.shape[1]
         ctx.key_shape = None if key is None else key.shape
         return handle.new_zeros(())
@@ -84,53 +84,56 @@ class _Link(torch.autograd.Function):
 
 
 class Memory:
-    """The stored hidden states of one batch of sequences: a no-grad buffer [B, capacity, H + key
-    width] of their values and cached keys, per-lane row offsets for gathers, a scratch buffer for
-    scorers that need one, the autograd chain of the stored tensors, and the step count. Part of the
-    carry and appended to in place: a carry is used once, in order (as `run` does)."""
+    """The stored hidden states of one batch of sequences: a no-grad buffer [capacity, B, H + key
+    width] of their values and cached keys (row j * B + b of its flat view is memory j of lane b), a
+    scratch buffer for scorers that need one, the autograd chain of the stored tensors, and the step
+    count. Part of the carry and appended to in place: a carry is used once, in order (as `run` does)."""
 
     def __init__(self, like: torch.Tensor, key_width: int):
         self.size, self.t = 0, 0
-        self.H, self.width = like.shape[1], like.shape[1] + key_width
-        self.buf = self.offsets = self.scratch = None
-        self.store = _GradStore()
+        self.B, self.H, self.width = like.shape[0], like.shape[1], like.shape[1] + key_width
+        self.buf = self.scratch = None
+        self.lanes = torch.arange(self.B, device=like.device)[:, None]
+        self.store = _GradStore(self.B)
         self.handle = like.new_zeros(())
+        self.key_weight = None   # a scorer's per-sequence key projection, if it has one
 
     def write(self, m: torch.Tensor, key: torch.Tensor | None, cached_key: torch.Tensor | None) -> None:
         """Store m and its key (with gradient); `cached_key` [B, key width] is what the scan reads."""
         with torch.no_grad():
-            if self.buf is None or self.size == self.buf.shape[1]:   # full: double the capacity
-                grown = m.new_empty(m.shape[0], max(8, 2 * self.size), self.width)
+            if self.buf is None or self.size == self.buf.shape[0]:   # full: double the capacity
+                grown = m.new_empty(max(8, 2 * self.size), self.B, self.width)
                 if self.size:
-                    grown[:, :self.size] = self.buf[:, :self.size]
-                self.buf, self.store.capacity = grown, grown.shape[1]
-                self.lanes = torch.arange(m.shape[0], device=m.device)[:, None]
-                self.offsets = self.lanes * grown.shape[1]
-            self.buf[:, self.size, :self.H] = m
+                    grown[:self.size] = self.buf[:self.size]
+                self.buf, self.store.rows = grown, grown.shape[0] * self.B
+                self._values = grown.view(-1, self.width)[:, :self.H]
+            self.buf[self.size, :, :self.H] = m
             if cached_key is not None:
-                self.buf[:, self.size, self.H:] = cached_key
+                self.buf[self.size, :, self.H:] = cached_key
         self.handle = _Link.apply(self.store, self.size, self.handle, m, key)
         self.size += 1
 
     @property
     def values(self) -> torch.Tensor:
         """[B, |M|, H], no gradient."""
-        return self.buf[:, :self.size, :self.H]
+        return self.buf[:self.size, :, :self.H].transpose(0, 1)
 
     @property
     def keys(self) -> torch.Tensor:
         """The cached keys [B, |M|, key width], no gradient."""
-        return self.buf[:, :self.size, self.H:]
+        return self.buf[:self.size, :, self.H:].transpose(0, 1)
 
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """The values of rows idx [B, n] -> [B, n, H], no gradient."""
-        flat = self.buf.view(-1, self.width)[:, :self.H].index_select(0, (idx + self.offsets).view(-1))
-        return flat.view(idx.shape + (self.H,))
+    def flat(self, idx: torch.Tensor) -> torch.Tensor:
+        """Memories idx [B, n] of each lane -> their rows [B * n] in the buffer and the gradient store."""
+        return torch.add(self.lanes, idx, alpha=self.B).view(-1)
+
+    def gather(self, flat: torch.Tensor) -> torch.Tensor:
+        """The values of rows flat [B * n] -> [B * n, H], no gradient."""
+        return self._values.index_select(0, flat)
 
     def gather_workspace(self, idx: torch.Tensor, width: int) -> torch.Tensor:
-        """Rows idx [B, n] of the workspace last used as [B, |M|, width] -> [B, n, width]."""
-        flat = torch.add(idx, self.lanes, alpha=self.size).view(-1)
-        return self.scratch.view(-1, width).index_select(0, flat).view(idx.shape + (width,))
+        """Rows idx [B, n] of the workspace last used as [B, |M|, width] -> [B * n, width]."""
+        return self.scratch.view(-1, width).index_select(0, torch.add(idx, self.lanes, alpha=self.size).view(-1))
 
     def workspace(self, *shape: int) -> torch.Tensor:
         """A scratch tensor of this shape, reused from step to step (no gradient, never saved)."""
@@ -141,7 +144,7 @@ class Memory:
 
     def rows(self) -> torch.Tensor:
         """The stored values [|M|, B, H] (no gradient), for tests and plots."""
-        return self.values.transpose(0, 1)
+        return self.buf[:self.size, :, :self.H]
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.buf, self.scratch) if t is not None)
@@ -169,7 +172,7 @@ class MLPScorer(nn.Module):
         self.query_proj = nn.Linear(hidden_size, hidden_size)
         self.v = nn.Parameter(torch.empty(hidden_size).uniform_(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
 
-    def key(self, m):
+    def key(self, m, memory):
         return self.key_proj(m)
 
     def cache(self, key):
@@ -188,7 +191,7 @@ class MLPScorer(nn.Module):
         return torch.addmv(-self.v.sum(), s.view(-1, H), self.v, alpha=2).view(B, M), q
 
     def chosen(self, q, memory, idx):                   # the chosen rows' tanh [B, n, H], from the scan
-        return (memory.gather_workspace(idx, q.shape[1]).mul_(2).sub_(1),)
+        return (memory.gather_workspace(idx, q.shape[1]).mul_(2).sub_(1).view(idx.shape + (-1,)),)
 
     def backward(self, g_a, q, m, extra, params, g_rows):
         (z,), (v,), H = extra, params, q.shape[1]
@@ -206,8 +209,10 @@ class BilinearScorer(nn.Module):
         self.key_width = hidden_size + 1
         self.query_proj = nn.Linear(hidden_size, hidden_size)
 
-    def key(self, m):   # (two products rather than one with [b, W]: that concatenation would be saved per write)
-        return torch.cat([(m @ self.query_proj.bias).unsqueeze(1), m @ self.query_proj.weight], 1)
+    def key(self, m, memory):   # [b, W] is made once per sequence
+        if memory.key_weight is None:
+            memory.key_weight = torch.cat([self.query_proj.bias.unsqueeze(1), self.query_proj.weight], 1)
+        return m @ memory.key_weight
 
     def cache(self, key):
         return key
@@ -241,7 +246,7 @@ class SeparableScorer(nn.Module):
         self.w = nn.Parameter(torch.randn(2 * hidden_size) * 0.01)
         self.hidden_size = hidden_size
 
-    def key(self, m):
+    def key(self, m, memory):
         return torch.tanh(m) @ self.w[self.hidden_size:]
 
     def cache(self, key):
@@ -325,11 +330,11 @@ class _AttentionStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scorer, sparsifier, memory, with_r, handle, h_hat, q, *params):
-        idx, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
+        idx, flat, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
         ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
         ctx.n_aux, ctx.n_extra = len(aux), len(extra)
         ctx.width = memory.width
-        ctx.save_for_backward(idx, w, m, query, *aux, *extra, *params)
+        ctx.save_for_backward(flat, w, m, query, *aux, *extra, *params)
         if with_r:
             r = torch.bmm(w.unsqueeze(1), m).squeeze(1)
             return h_hat + r, r
@@ -337,7 +342,7 @@ class _AttentionStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_h, g_r=None):
-        idx, w, m, query, *rest = ctx.saved_tensors
+        flat, w, m, query, *rest = ctx.saved_tensors
         aux, rest = rest[:ctx.n_aux], rest[ctx.n_aux:]
         extra, params = rest[:ctx.n_extra], rest[ctx.n_extra:]
         g_read = g_h if g_r is None else g_h + g_r
@@ -346,7 +351,7 @@ class _AttentionStep(torch.autograd.Function):
         g_rows = m.new_empty(m.shape[:2] + (ctx.width,))               # [d/d m_j; d/d key_j]
         torch.mul(w.unsqueeze(2), g_read.unsqueeze(1), out=g_rows[:, :, :H])
         g_q, g_params = ctx.scorer.backward(g_a, query, m, extra, params, g_rows)
-        ctx.store.accumulate(idx, g_rows)
+        ctx.store.accumulate(flat, g_rows.view(-1, ctx.width))
         # the handle only orders the backward (`_Link` j after these reads): no gradient to pass
         if ctx.query_is_h:
             return (None, None, None, None, None, g_h + g_q, None) + g_params
@@ -354,8 +359,9 @@ class _AttentionStep(torch.autograd.Function):
 
 
 def choose_and_weigh(scorer, sparsifier, memory, q):
-    """Without gradient: the chosen rows idx [B, n], their weights w and what the sparsifier's
-    backward needs, their values m [B, n, H], and the query and what the scorer's backward needs.
+    """Without gradient: the chosen memories idx [B, n] and their rows in the buffer, their weights w
+    and what the sparsifier's backward needs, their values m [B, n, H], and the query and what the
+    scorer's backward needs.
     Long memory: the top n rows by score (sorted, descending; ties broken by torch.topk's order,
     deterministic on CPU); short: every row."""
     with torch.no_grad():
@@ -366,7 +372,8 @@ def choose_and_weigh(scorer, sparsifier, memory, q):
         else:
             a, idx = scores, torch.arange(memory.size, device=q.device).expand(q.shape[0], -1)
         w, aux = sparsifier.forward(a, long)
-        return idx, w, aux, memory.gather(idx), q, scorer.chosen(q, memory, idx)
+        flat = memory.flat(idx)
+        return idx, flat, w, aux, memory.gather(flat).view(idx.shape + (-1,)), q, scorer.chosen(q, memory, idx)
 
 
 class SABNetwork(Network):
@@ -392,7 +399,7 @@ class SABNetwork(Network):
         return state, memory
 
     def _write(self, memory, m):
-        key = self.scorer.key(m)
+        key = self.scorer.key(m, memory)
         with torch.no_grad():
             cached = self.scorer.cache(key)
         memory.write(m, key, cached)
@@ -431,6 +438,6 @@ class SABNetwork(Network):
         if memory.size:
             with torch.no_grad():
                 q = self.scorer.query(h_hat)
-                idx, w, *_ = choose_and_weigh(self.scorer, self.sparsifier, memory, h_hat if q is None else q)
+                idx, _, w, *_ = choose_and_weigh(self.scorer, self.sparsifier, memory, h_hat if q is None else q)
             dense = dense.scatter(1, idx, w)
         return dense.T
