@@ -30,7 +30,8 @@ def make(cell="lstm", seq_len=4, batch=3, hidden=4, seed=0, task="copy", **param
     return method, net, b
 
 
-def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=False, hidden=None, store="attended"):
+def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=False, hidden=None, store="attended",
+                  threshold_grad=True):
     """SAB written the direct way, independently of methods/: every memory scored with gradient
     at every step from a stacked copy, weights from a full sort, explicit detaches."""
     cell, B, L = net.cell, x.shape[1], x.shape[0]
@@ -62,6 +63,8 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
                 w = a if variant == "released" else torch.softmax(a, 0)
             else:
                 s = torch.sort(a, dim=0, descending=True).values
+                if not threshold_grad:
+                    s = s.detach()
                 if variant == "released":
                     w = F.relu(a - (s[k_top - 1] + 1e-7))
                     w = w / (w.sum(0) + 1e-7)
@@ -136,6 +139,38 @@ def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc
         out = naive_forward(net, batch.x, **kw)
     assert abs(loss - batch.loss(out).item()) < 1e-12
     assert rel(g, naive_gradient(net, batch, **kw)) < 1e-10
+
+
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None)])
+def test_without_threshold_gradient_equals_plain_autograd_with_the_threshold_detached(variant, scorer):
+    kw = dict(k_trunc=3, k_top=2, k_att=1, variant=variant)
+    method, net, batch = make("lstm", seq_len=3, scorer=scorer, threshold_grad=False, **kw)
+    _, g = method.gradient(net, batch, None)
+    assert rel(g, naive_gradient(net, batch, threshold_grad=False, **kw)) < 1e-10
+    assert rel(g, naive_gradient(net, batch, **kw)) > 1e-6   # the threshold's gradient is not negligible
+
+
+@pytest.mark.parametrize("variant", ["paper", "released"])
+@pytest.mark.parametrize("threshold_grad", [True, False])
+@pytest.mark.parametrize("scorer", [None, "bilinear"])
+def test_memories_backtracked_per_read(variant, threshold_grad, scorer):
+    """One read backtracks into the k_top weighted memories (k_top - 1 in the release) and, through
+    its score, the threshold memory (weight 0) unless threshold_grad=False."""
+    method, net, batch = make("lstm", seq_len=4, k_top=3, k_att=1, k_trunc=100, variant=variant, scorer=scorer,
+                              threshold_grad=threshold_grad)
+    B, H = batch.batch_size, 4
+    memory = net.init_carry(B)[1]
+    g = torch.Generator().manual_seed(1)
+    stored = [torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(8)]
+    for m in stored:
+        net._write(memory, m)
+    h = torch.randn(B, H, generator=g, dtype=torch.float64)
+    out = net.attend(h, memory)[0]
+    grads = torch.autograd.grad(out.sum(), stored, allow_unused=True)
+    reached = torch.stack([torch.zeros(B) if gr is None else (gr != 0).any(1).double() for gr in grads]).sum(0)
+    weighted = (net.weights(h, memory) != 0).sum(0).double()
+    assert (weighted == (3 if variant == "paper" else 2)).all()
+    assert torch.equal(reached, weighted + (1 if threshold_grad else 0))
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
@@ -322,6 +357,7 @@ def test_one_update_per_sequence(variant):
     ({"variant": "releasd"}, ["releasd", "did you mean 'released'"]),
     ({"ktop": 3}, ["ktop", "did you mean 'k_top'"]),
     ({"scorer": "bilinier"}, ["bilinier", "did you mean 'bilinear'"]),
+    ({"threshold_grad": "maybe"}, ["threshold_grad='maybe'", "true or false"]),
 ])
 def test_bad_hyperparameters(params, words):
     with pytest.raises(ConfigError) as err:
@@ -351,6 +387,27 @@ def test_saved_bytes_grow_linearly_not_quadratically():
     a, b = saved_bytes(40), saved_bytes(160)
     # 4x the steps: linear gives ~4x; holding every step's view of the whole memory gives ~16x
     assert 3.0 < b / a < 5.0, (a, b)
+
+
+@pytest.mark.parametrize("scorer", [None, "bilinear"])
+def test_saved_bytes_count_the_chosen_rows_on_top_of_bptts(scorer):
+    """The closed-form backward saves what it needs through save_for_backward, so the meter sees it:
+    at least BPTT's bytes on the same cell (every window's graph stays alive) plus the values of the
+    k_top + 1 chosen memories of every long-memory read."""
+    T, B, H, k_top = 40, 2, 8, 3
+    method, net, batch = make("lstm", seq_len=T, batch=B, hidden=H, task="adding", k_trunc=5, k_top=k_top, k_att=1,
+                              scorer=scorer)
+    meter = SavedBytesMeter(list(net.parameters()) + batch.tensors())
+    with meter.measure():
+        method.train_step(net, batch, Updater(net, torch.optim.SGD(net.parameters(), lr=0.0), None), None)
+    bptt = METHODS.get("bptt")()
+    bnet, _ = build(bptt, "lstm", tiny_batch("adding", seq_len=T, batch=B)[0], B, hidden=H)
+    bmeter = SavedBytesMeter(list(bnet.parameters()) + batch.tensors())
+    with bmeter.measure():
+        bptt.train_step(bnet, batch, Updater(bnet, torch.optim.SGD(bnet.parameters(), lr=0.0), None), None)
+    long_reads = batch.num_steps - (k_top + 1)   # the memory holds more than k_top entries from step k_top + 2
+    rows = long_reads * B * (k_top + 1) * H * 8
+    assert meter.peak >= bmeter.peak + rows, (meter.peak, bmeter.peak, rows)
 
 
 # --- generalisation to longer test sequences, end to end ----------------------------------------
