@@ -26,6 +26,7 @@ are checked against plain autograd in float64 and by finite differences (tests/t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -83,14 +84,52 @@ class _Link(torch.autograd.Function):
         return None, None, None, g[:, :ctx.H], g_key
 
 
+class Trace:
+    """What a diagnostic pass records (SABNetwork.tracing): per read the chosen rows' scores and
+    weights, per write the norms of the stored states. Plain tensors without gradient only, so that
+    holding it keeps no graph alive."""
+
+    def __init__(self):
+        self.reads, self.stored_norms = [], []
+
+    def read(self, a: torch.Tensor, w: torch.Tensor, long: bool) -> None:
+        self.reads.append((a.detach().clone(), w.detach().clone(), long))
+
+    def write(self, m: torch.Tensor) -> None:
+        self.stored_norms.append(m.detach().norm(dim=1))
+
+    def figures(self) -> dict[str, float]:
+        """Attention entropy (of the positive weights, normalised, per read and lane), memories with
+        nonzero weight per read, the spread s = sum_j (a_j - a_(k+1)) of the long-memory reads
+        (median), and the stored states' norms (mean, max), each over every read and lane."""
+        out, entropies, counts, spreads = {}, [], [], []
+        for a, w, long in self.reads:
+            pos = w.clamp_min(0)
+            total = pos.sum(1)
+            counts.append((w != 0).sum(1).double())
+            p = pos[total > 0] / total[total > 0, None]
+            entropies.append(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(1).double())
+            if long:
+                spreads.append((a - a[:, -1:]).clamp_min(0).sum(1).double())
+        if counts:
+            out["attention_entropy"] = float(torch.cat(entropies).mean())
+            out["memories_read"] = float(torch.cat(counts).mean())
+        if spreads:
+            out["score_spread_median"] = float(torch.cat(spreads).median())
+        if self.stored_norms:
+            norms = torch.cat(self.stored_norms).double()
+            out["memory_norm_mean"], out["memory_norm_max"] = float(norms.mean()), float(norms.max())
+        return out
+
+
 class Memory:
     """The stored hidden states of one batch of sequences: a no-grad buffer [capacity, B, H + key
     width] of their values and cached keys (row j * B + b of its flat view is memory j of lane b), a
     scratch buffer for scorers that need one, the autograd chain of the stored tensors, and the step
     count. Part of the carry and appended to in place: a carry is used once, in order (as `run` does)."""
 
-    def __init__(self, like: torch.Tensor, key_width: int):
-        self.size, self.t = 0, 0
+    def __init__(self, like: torch.Tensor, key_width: int, trace: Trace | None = None):
+        self.size, self.t, self.trace = 0, 0, trace
         self.B, self.H, self.width = like.shape[0], like.shape[1], like.shape[1] + key_width
         self.buf = self.scratch = None
         self.lanes = torch.arange(self.B, device=like.device)[:, None]
@@ -112,6 +151,8 @@ class Memory:
                 self.buf[self.size, :, self.H:] = cached_key
         self.handle = _Link.apply(self.store, self.size, self.handle, m, key)
         self.size += 1
+        if self.trace is not None:
+            self.trace.write(m)
 
     @property
     def values(self) -> torch.Tensor:
@@ -330,7 +371,9 @@ class _AttentionStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scorer, sparsifier, memory, with_r, handle, h_hat, q, *params):
-        idx, flat, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
+        idx, flat, a, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
+        if memory.trace is not None:
+            memory.trace.read(a, w, memory.size > sparsifier.k_top)
         ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
         ctx.n_aux, ctx.n_extra = len(aux), len(extra)
         ctx.width = memory.width
@@ -359,7 +402,7 @@ class _AttentionStep(torch.autograd.Function):
 
 
 def choose_and_weigh(scorer, sparsifier, memory, q):
-    """Without gradient: the chosen memories idx [B, n] and their rows in the buffer, their weights w
+    """Without gradient: the chosen memories idx [B, n] and their rows in the buffer, scores a, weights w
     and what the sparsifier's backward needs, their values m [B, n, H], and the query and what the
     scorer's backward needs.
     Long memory: the top n rows by score (sorted, descending; ties broken by torch.topk's order,
@@ -373,7 +416,7 @@ def choose_and_weigh(scorer, sparsifier, memory, q):
             a, idx = scores, torch.arange(memory.size, device=q.device).expand(q.shape[0], -1)
         w, aux = sparsifier.forward(a, long)
         flat = memory.flat(idx)
-        return idx, flat, w, aux, memory.gather(flat).view(idx.shape + (-1,)), q, scorer.chosen(q, memory, idx)
+        return idx, flat, a, w, aux, memory.gather(flat).view(idx.shape + (-1,)), q, scorer.chosen(q, memory, idx)
 
 
 class SABNetwork(Network):
@@ -391,9 +434,20 @@ class SABNetwork(Network):
         self.sparsifier = Sparsifier(k_top, self.released, threshold_grad, floor)
         self.readout = nn.Linear(2 * H if self.released else H, output_size)
 
+    _trace = None
+
+    @contextlib.contextmanager
+    def tracing(self):
+        """Within the block, every sequence's reads and writes are recorded into the yielded Trace."""
+        self._trace = Trace()
+        try:
+            yield self._trace
+        finally:
+            self._trace = None
+
     def init_carry(self, batch_size):
         state = self.cell.init_state(batch_size)
-        memory = Memory(state[0], self.scorer.key_width)
+        memory = Memory(state[0], self.scorer.key_width, self._trace)
         if self.released:   # the release's first memory is the zero initial state
             self._write(memory, state[0])
         return state, memory
@@ -438,6 +492,6 @@ class SABNetwork(Network):
         if memory.size:
             with torch.no_grad():
                 q = self.scorer.query(h_hat)
-                idx, _, w, *_ = choose_and_weigh(self.scorer, self.sparsifier, memory, h_hat if q is None else q)
+                idx, _, _, w, *_ = choose_and_weigh(self.scorer, self.sparsifier, memory, h_hat if q is None else q)
             dense = dense.scatter(1, idx, w)
         return dense.T

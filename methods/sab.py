@@ -53,6 +53,7 @@ steps t with (t + 1) % k_trunc == 0 (counting from 0); readout on [h; r].
 import torch
 
 from harness.config import Param, positive_int
+from harness.fidelity import flat, reference_gradient
 from harness.method import Method, Regime, grads_of
 from harness.models import make_cell, run
 
@@ -132,6 +133,17 @@ class SAB(Method):
         """The memory's no-grad copies of its values and keys (the stored tensors themselves are
         held by autograd and counted in saved bytes)."""
         return self._state_bytes
+
+    def diagnostics(self, net, batch):
+        """At every evaluation, on the first held-out batch: the exact gradient norm through the SAB
+        network (the harness's reference gradient, full BPTT) and, recorded on that same pass, the
+        attention entropy (of the nonzero weights of each read and lane, normalised, averaged), the
+        memories with nonzero weight per read, the median spread of the top scores over the threshold
+        (the weights' derivative is about 1 / spread) and the norms of the stored states (mean, max).
+        Costs one forward and backward of that batch (a training step without the update)."""
+        with net.tracing() as trace:
+            g = reference_gradient(net, batch)
+        return {"exact_grad_norm": float(flat(g).norm()), **trace.figures()}
 
 
 class SABBPTT(SAB):

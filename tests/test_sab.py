@@ -443,3 +443,42 @@ def test_memory_and_graph_are_freed_without_the_cycle_collector():
     finally:
         if enabled:
             gc.enable()
+
+
+# --- diagnostics recorded at every evaluation --------------------------------------------------
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None)])
+def test_diagnostics_match_an_independent_pass(variant, scorer):
+    method, net, batch = make("lstm", seq_len=5, batch=3, k_trunc=3, k_top=2, k_att=1, variant=variant, scorer=scorer)
+    before = [p.detach().clone() for p in net.parameters()]
+    d = method.diagnostics(net, batch)
+    assert all(torch.equal(b, p) for b, p in zip(before, net.parameters())) and net._trace is None
+    entropies, counts = [], []
+    carry = net.init_carry(batch.batch_size)
+    for t in range(batch.num_steps):
+        h_hat = net.cell(batch.x[t], carry[0])[0]
+        if carry[1].size:
+            w = net.weights(h_hat, carry[1]).T   # [B, |M|]
+            counts.append((w != 0).sum(1).double())
+            pos = w.clamp_min(0)
+            p = pos[pos.sum(1) > 0] / pos[pos.sum(1) > 0].sum(1, keepdim=True)   # (lanes reading nothing: skipped)
+            entropies.append(-(p * p.clamp_min(1e-300).log()).sum(1))
+        carry = net.step(batch.x[t], carry)[1]
+    norms = carry[1].rows().norm(dim=2)
+    assert d["exact_grad_norm"] == pytest.approx(float(flat(reference_gradient(net, batch)).norm()), rel=1e-12)
+    assert d["attention_entropy"] == pytest.approx(float(torch.cat(entropies).mean()), rel=1e-9)
+    assert d["memories_read"] == pytest.approx(float(torch.cat(counts).mean()), rel=1e-12)
+    assert d["memory_norm_mean"] == pytest.approx(float(norms.mean()), rel=1e-12)
+    assert d["memory_norm_max"] == pytest.approx(float(norms.max()), rel=1e-12)
+    assert d["score_spread_median"] > 0
+
+
+def test_diagnostics_are_recorded_in_every_curve_point(tmp_path):
+    code = cli.main(["--methods", "sab[k_trunc=3,k_top=2,k_att=2]", "--tasks", "copy", "--seq-len", "3",
+                     "--hidden", "4", "--batch", "2", "--steps", "4", "--seeds", "1", "--eval-every", "2",
+                     "--eval-batches", "1", "--fidelity-points", "2", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert len(record["curve"]) >= 2
+    for point in record["curve"]:
+        assert {"exact_grad_norm", "attention_entropy", "memories_read", "memory_norm_mean",
+                "memory_norm_max"} <= set(point["diagnostics"])
