@@ -14,17 +14,14 @@ For each batch of whole sequences (one parameter update per sequence):
     into the chosen memories, from which it continues inside their own windows.
 
 Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
-- scorer (`scorer=`): `bilinear` (default), a_j = m_j . (W h^_t + b), or `mlp`,
-  a_j = v . tanh(W_m m_j + W_q h^_t + b), an MLP over the pair; both depend on the current state.
-  The bilinear form is the default for cost: choosing among all memories is one
-  batched product with the stored values, where the MLP needs a tanh over every memory
-  and a key projection of the chosen ones with gradient, each step.
-  `separable` is the release's scorer, the default of variant=released.
+- scorer (`scorer=`): `mlp` (default; the paper's Figure 1, an MLP over [h^_t; m_j]),
+  a_j = v . tanh(W_m m_j + W_q h^_t + b), or `bilinear`, a_j = m_j . (W h^_t + b), this project's
+  cheaper scorer (not the paper's); both depend on the current state. `separable` is the release's
+  scorer, the default of variant=released.
 - memory: starts empty; h_t (after the read-out) is stored after steps k_att, 2 k_att, ...
-  Stored states are themselves sums of earlier read-outs, so their magnitude can grow (a
-  collapse seen in a prototype on copy T=100). `store=provisional` stores h^_t instead, which
-  bounds an LSTM's memories by 1: a stabiliser the paper does not name, off by default and in
-  the released variant.
+  Stored states are themselves sums of earlier read-outs (memories hold memories); see "the exact
+  gradient" below. `store=provisional` stores h^_t instead: a stabiliser the paper does not name,
+  off by default and in the released variant.
 - short memory (k_top or fewer entries): every memory is read, with softmax weights over its
   scores (there is no (k_top+1)-th score to subtract); an empty memory reads zero.
 - long memory: the top k_top + 1 are chosen without gradient from cached keys; ties are broken by
@@ -32,8 +29,11 @@ Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
   so which tied one is chosen does not change the forward value.
 - normaliser: w = relu(a - a_(k+1)) / max(sum, 1e-12): the weights sum to exactly 1 unless all
   k_top scores tie with the threshold (then nothing is read).
-- the threshold score a_(k+1) receives gradient (it is part of the function; the gradient is the
-  exact derivative wherever the choice of memories is locally constant).
+- gradient per read: k_top + 1 memories receive gradient, not k_top. The threshold score a_(k+1)
+  is part of the function, so it gets gradient (minus the sum of the others' score gradients), and
+  the (k_top+1)-th memory, whose weight is 0, is backtracked through its score. This is the exact
+  derivative wherever the choice of memories is locally constant. `threshold_grad=false` treats the
+  threshold as a constant instead (k_top memories backtracked; no longer the exact gradient).
 - windows: fixed boundaries every k_trunc steps from the start (cuts before steps k_trunc,
   2 k_trunc, ... counting from 0), the same chunks as `tbptt[update=sequence]`; local
   backpropagation from a memory stops at the start of its own window.
@@ -43,12 +43,37 @@ Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
 Consequence to report, not hide: every window's graph stays alive until the sequence ends, so
 SAB's saved bytes are not below BPTT's on the same network.
 
-`variant=released`: the behaviour of the authors' release (copy task, PyTorch 0.1.12):
-threshold at the k_top-th score plus 1e-7 (so k_top - 1 memories get weight), normaliser
-sum + 1e-7; scorer w . tanh([h^; m]) with no hidden layer (the query term cancels after the
-threshold, so the weights do not depend on the current state); raw scores as weights while the
-memory holds k_top or fewer entries; the zero initial state is the first memory; cuts before
-steps t with (t + 1) % k_trunc == 0 (counting from 0); readout on [h; r].
+The exact gradient through the SAB network explodes at initialisation (copy T=100, LSTM 128,
+seeds 0-2: |g*| 9 to 3e6 with the mlp scorer, 48 to 208 bilinear, against 1.04-1.08 for the LSTM
+alone; `benchmarks/sab_gradient_norms.py`). Where it comes from: the sparsifier's weights do not
+change when the scores are scaled (relu(a - a_(k+1)) / sum), so their derivative is about 1 / s,
+s = sum_j (a_j - a_(k+1)) the spread of the top scores over the threshold, which is small at
+initialisation (median 0.03-0.07 with the mlp scorer: the scores themselves are small); a read's
+gradient into a memory's score is amplified by about |m| |da/dm| / s. Because memories hold
+memories (h_t = h^_t + r_t is stored), reads chain through the stored states with that gain per
+hop, and the product grows exponentially along chains of reads; the normaliser's floor is not the
+cause (the spread never came near it). With the bilinear scorer, memories also grow in the forward
+pass (a = m . q favours large memories, and each stored state adds a read-out: |m| up to 77).
+`store=provisional` breaks the chain (a memory reaches earlier memories only through the cell)
+and tames it: |g*| 1.4-2.0 for both scorers. A higher normaliser floor (0.1) or
+`threshold_grad=false` tame it in some seeds and not others; the release's 1e-7 on the threshold
+is far below the spread and changes nothing.
+
+`variant=released`: the behaviour of the authors' release (copy task, PyTorch 0.1.12) as it
+evidently meant to compute it: threshold at the k_top-th score plus 1e-7 (so k_top - 1 memories
+get weight), normaliser sum + 1e-7; scorer w . tanh([h^; m]) with no hidden layer (the query term
+cancels after the threshold, so the weights do not depend on the current state); raw scores as
+weights while the memory holds k_top or fewer entries; the zero initial state is the first memory;
+cuts before steps t with (t + 1) % k_trunc == 0 (counting from 0); readout on [h; r]. What the
+release probably ran differs: it subtracts `delta.repeat(1, T)`, of shape [1, B*T], from scores of
+shape [B, T]; PyTorch 0.1.12 had no broadcasting and applied pointwise operations to tensors of
+equal size as if flattened, so memory t of row b was thresholded against the k-th score of row
+(b T + t) mod B (its row-wise normaliser, `sum(..., 1)` keeping its dimension in 0.1.12, was
+right). Not confirmed (0.1.12 cannot run here); this variant does not reproduce that arithmetic.
+
+Diagnostics (`diagnostics`, recorded at every evaluation): the exact gradient norm through the
+SAB network and, on the same pass, the attention entropy, the memories with nonzero weight per
+read, the median spread of the top scores, and the stored states' norms.
 """
 import torch
 
@@ -93,7 +118,8 @@ class SAB(Method):
         "k_att": positive_int(2, "steps between memory writes"),
         "variant": Param("paper", str, "paper, or released (the authors' code)", choices=VARIANTS),
         "store": Param("attended", str, "attended: store h_t = h^_t + r_t (paper, release); provisional: "
-                       "store h^_t (a stabiliser the paper does not name)", choices=("attended", "provisional")),
+                       "store h^_t (a stabiliser the paper does not name; it tames the exploding exact gradient)",
+                       choices=("attended", "provisional")),
         "scorer": Param(None, str, "mlp (the paper's), bilinear (this project's cheaper scorer) or separable "
                         "(the release's); default mlp (paper), separable (released)", choices=SCORERS_NAMES),
         "threshold_grad": Param(True, bool, "true: the threshold score a_(k_top+1) gets gradient, so k_top+1 "
