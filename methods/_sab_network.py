@@ -353,7 +353,7 @@ class Sparsifier:
             s = w.sum(1, keepdim=True)
             Z = s.clamp_min(self.floor)
             w = w.div_(Z)
-            w_f = w if bool((s >= self.floor).all()) else w * (s >= self.floor)
+            w_f = w * (s >= self.floor)
         return w, (w_f, w.sign().div_(Z))
 
     def backward(self, g_w: torch.Tensor, w: torch.Tensor, aux: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -406,17 +406,17 @@ def choose_and_weigh(scorer, sparsifier, memory, q):
     and what the sparsifier's backward needs, their values m [B, n, H], and the query and what the
     scorer's backward needs.
     Long memory: the top n rows by score (sorted, descending; ties broken by torch.topk's order,
-    deterministic on CPU); short: every row."""
-    with torch.no_grad():
-        scores, q = scorer.scan(q, memory)
-        long = memory.size > sparsifier.k_top
-        if long:
-            a, idx = scores.topk(sparsifier.n, dim=1)
-        else:
-            a, idx = scores, torch.arange(memory.size, device=q.device).expand(q.shape[0], -1)
-        w, aux = sparsifier.forward(a, long)
-        flat = memory.flat(idx)
-        return idx, flat, a, w, aux, memory.gather(flat).view(idx.shape + (-1,)), q, scorer.chosen(q, memory, idx)
+    deterministic on CPU); short: every row. (Called where autograd does not record: inside the
+    Function's forward, or under no_grad.)"""
+    scores, q = scorer.scan(q, memory)
+    long = memory.size > sparsifier.k_top
+    if long:
+        a, idx = scores.topk(sparsifier.n, dim=1)
+    else:
+        a, idx = scores, torch.arange(memory.size, device=q.device).expand(q.shape[0], -1)
+    w, aux = sparsifier.forward(a, long)
+    flat = memory.flat(idx)
+    return idx, flat, a, w, aux, memory.gather(flat).view(idx.shape + (-1,)), q, scorer.chosen(q, memory, idx)
 
 
 class SABNetwork(Network):
