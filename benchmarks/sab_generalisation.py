@@ -83,6 +83,7 @@ def main():
         label = f"{r['method_label']} on {r['config']['task']}" + (
             f"[{','.join(f'{k}={v}' for k, v in r['config']['task_params'].items())}]" if r['config']['task_params'] else "")
         per_run.append({"method": label, "seed": r["config"]["seed"], **{f"T={T}": v for T, v in s.items()}})
+    per_run.sort(key=lambda row: (row["method"], row["seed"]))
     horizons = [k for k in per_run[0] if k.startswith("T=")] if per_run else []
     methods = sorted({row["method"] for row in per_run})
     scores = {(m, h): [row[h] for row in per_run if row["method"] == m] for m in methods for h in horizons}
