@@ -364,6 +364,43 @@ class Sparsifier:
         return g_u @ self._matrix(g_u)                                        # and the threshold
 
 
+class LiteralReleaseSparsifier(Sparsifier):
+    """The arithmetic the release probably ran under PyTorch 0.1.12 (variant=released_literal):
+    `attn_s - delta.repeat(1, T)` with scores attn_s [B, T] and delta [B] (each row's k_top-th score
+    plus 1e-7) subtracts a [1, B*T] tensor, which 0.1.12, without broadcasting, applied elementwise
+    to the flattened scores: memory t of row b is thresholded against delta[(b T + t) mod B], another
+    row's k-th score. So every memory is a candidate (any number of them, or none, may be read), and
+    a row's threshold score passes gradient to the rows it thresholds. The normaliser, a row sum kept
+    as [B, 1] by 0.1.12's reductions, is row-wise: (sum + 1e-7). Short memory: raw scores, as in
+    variant=released."""
+
+    reads_all = True
+
+    def __init__(self, k_top: int, threshold_grad: bool = True):
+        super().__init__(k_top, True, threshold_grad)
+
+    def forward(self, a, long):
+        if not long:
+            return a, ()
+        B, M = a.shape
+        kth = a.topk(self.k_top, dim=1).indices[:, -1]                     # [B]
+        source = (torch.arange(B, device=a.device)[:, None] * M + torch.arange(M, device=a.device)) % B
+        w = (a - (a.gather(1, kth[:, None]).squeeze(1) + EPS_RELEASED)[source]).clamp_min_(0)
+        Z = w.sum(1, keepdim=True).add_(EPS_RELEASED)
+        w = w.div_(Z)
+        return w, (w, w.sign().div_(Z), source, kth)
+
+    def backward(self, g_w, w, aux):
+        if not aux:
+            return g_w
+        w_f, mask_over_Z, source, kth = aux
+        g_a = (g_w - (g_w * w_f).sum(1, keepdim=True)).mul_(mask_over_Z)
+        if self.threshold_grad:   # each row's k-th score, minus what every memory it thresholds passed back
+            g_delta = torch.zeros_like(g_a[:, 0]).index_add_(0, source.reshape(-1), g_a.reshape(-1))
+            g_a[torch.arange(g_a.shape[0], device=g_a.device), kth] -= g_delta
+        return g_a
+
+
 class _AttentionStep(torch.autograd.Function):
     """h = h^ + sum_j w_j m_j over the chosen memories, for one step, as one autograd node; gradients
     to h^, the query, the scorer's per-step parameters, and (through the accumulator and `_Link`) the
@@ -410,7 +447,7 @@ def choose_and_weigh(scorer, sparsifier, memory, q):
     Function's forward, or under no_grad.)"""
     scores, q = scorer.scan(q, memory)
     long = memory.size > sparsifier.k_top
-    if long:
+    if long and not getattr(sparsifier, "reads_all", False):
         a, idx = scores.topk(sparsifier.n, dim=1)
     else:
         a, idx = scores, torch.arange(memory.size, device=q.device).expand(q.shape[0], -1)
@@ -428,10 +465,11 @@ class SABNetwork(Network):
         super().__init__()
         self.cell, self.k_top, self.k_att, self.variant = cell, k_top, k_att, variant
         self.store_provisional = store == "provisional"
-        self.released = variant == "released"
+        self.released = variant.startswith("released")
         H = cell.hidden_size
         self.scorer = SCORERS[scorer](H)
-        self.sparsifier = Sparsifier(k_top, self.released, threshold_grad, floor)
+        self.sparsifier = (LiteralReleaseSparsifier(k_top, threshold_grad) if variant == "released_literal"
+                           else Sparsifier(k_top, self.released, threshold_grad, floor))
         self.readout = nn.Linear(2 * H if self.released else H, output_size)
 
     _trace = None

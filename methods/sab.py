@@ -69,7 +69,10 @@ release probably ran differs: it subtracts `delta.repeat(1, T)`, of shape [1, B*
 shape [B, T]; PyTorch 0.1.12 had no broadcasting and applied pointwise operations to tensors of
 equal size as if flattened, so memory t of row b was thresholded against the k-th score of row
 (b T + t) mod B (its row-wise normaliser, `sum(..., 1)` keeping its dimension in 0.1.12, was
-right). Not confirmed (0.1.12 cannot run here); this variant does not reproduce that arithmetic.
+right). Not confirmed (0.1.12 cannot run here); this variant does not reproduce that arithmetic,
+`variant=released_literal` does (everything else as variant=released; every memory is scored
+with gradient, since any number may pass the mixed thresholds; pinned against a direct
+simulation of the flattened arithmetic in tests/test_sab.py).
 
 Diagnostics (`diagnostics`, recorded at every evaluation): the exact gradient norm through the
 SAB network and, on the same pass, the attention entropy, the memories with nonzero weight per
@@ -84,13 +87,13 @@ from harness.models import make_cell, run
 
 from ._sab_network import SCORERS, SABNetwork
 
-VARIANTS = ("paper", "released")
+VARIANTS = ("paper", "released", "released_literal")
 SCORERS_NAMES = tuple(SCORERS)
 
 
 def cuts(L: int, k_trunc: int, variant: str) -> set[int]:
     """Steps (0-indexed) before which the local backward path of (h, c) is cut."""
-    if variant == "released":
+    if variant.startswith("released"):
         return {t for t in range(L) if (t + 1) % k_trunc == 0}
     return set(range(k_trunc, L, k_trunc))
 
@@ -116,7 +119,8 @@ class SAB(Method):
         "k_trunc": positive_int(10, "local truncation length"),
         "k_top": positive_int(5, "memories attended per step"),
         "k_att": positive_int(2, "steps between memory writes"),
-        "variant": Param("paper", str, "paper, or released (the authors' code)", choices=VARIANTS),
+        "variant": Param("paper", str, "paper; released (the authors' code as evidently meant); released_literal "
+                         "(its threshold as PyTorch 0.1.12 computed it: rows mixed)", choices=VARIANTS),
         "store": Param("attended", str, "attended: store h_t = h^_t + r_t (paper, release); provisional: "
                        "store h^_t (a stabiliser the paper does not name; it tames the exploding exact gradient)",
                        choices=("attended", "provisional")),
@@ -126,19 +130,22 @@ class SAB(Method):
                                 "memories are backtracked per read (the exact derivative); false: treat it as a constant"),
     }
     test_params = [{}, {"k_trunc": 2, "k_top": 1, "k_att": 1}, {"k_trunc": 3, "k_top": 2, "k_att": 1, "scorer": "mlp"},
-                   {"variant": "released", "k_trunc": 2, "k_top": 2, "k_att": 1}]
+                   {"variant": "released", "k_trunc": 2, "k_top": 2, "k_att": 1},
+                   {"variant": "released_literal", "k_trunc": 3, "k_top": 2, "k_att": 1}]
     # the conformance suite's sequences have L = 23 steps
     exact_regimes = [Regime("k_trunc >= L: no cut, full BPTT through the SAB network", {"k_trunc": 30}),
                      Regime("k_trunc >= L, mlp scorer", {"k_trunc": 30, "k_top": 2, "k_att": 1, "scorer": "mlp"}),
                      Regime("k_trunc >= L, released variant", {"k_trunc": 30, "k_top": 2, "k_att": 1,
-                                                               "variant": "released"})]
+                                                               "variant": "released"}),
+                     Regime("k_trunc >= L, the release's literal arithmetic", {"k_trunc": 30, "k_top": 2, "k_att": 1,
+                                                                              "variant": "released_literal"})]
 
     def validate(self):
         self._state_bytes = 0
 
     def build_network(self, spec):
         cell = make_cell(spec.cell, spec.input_size, spec.hidden_size)
-        scorer = self.scorer or ("separable" if self.variant == "released" else "mlp")
+        scorer = self.scorer or ("separable" if self.variant.startswith("released") else "mlp")
         return SABNetwork(cell, spec.output_size, self.k_top, self.k_att, self.variant, scorer, self.store,
                           self.threshold_grad)
 

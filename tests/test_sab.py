@@ -36,8 +36,9 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
     at every step from a stacked copy, weights from a full sort, explicit detaches."""
     cell, B, L = net.cell, x.shape[1], x.shape[0]
     state = cell.init_state(B)
-    mems = [state[0]] if variant == "released" else []
-    if variant == "released":
+    released = variant.startswith("released")
+    mems = [state[0]] if released else []
+    if released:
         cut_before = [t for t in range(L) if (t + 1) % k_trunc == 0]
     else:
         cut_before = [t for t in range(L) if t > 0 and t % k_trunc == 0]
@@ -60,7 +61,15 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
             else:   # bilinear
                 a = (Mt * (h_hat @ sc.query_proj.weight.T + sc.query_proj.bias)).sum(-1)
             if len(mems) <= k_top:
-                w = a if variant == "released" else torch.softmax(a, 0)
+                w = a if released else torch.softmax(a, 0)
+            elif variant == "released_literal":   # the release's `attn_s - delta.repeat(1, T)` under PyTorch 0.1.12
+                s = torch.sort(a, dim=0, descending=True).values
+                delta = (s[k_top - 1] if threshold_grad else s[k_top - 1].detach()) + 1e-7   # [B]
+                M = a.shape[0]
+                flat_scores = a.T.reshape(-1)                                  # attn_s [B, M], flattened
+                repeated = delta.reshape(1, B).repeat(1, M).reshape(-1)        # [1, B*M], flattened
+                w = F.relu(flat_scores - repeated).reshape(B, M).T              # elementwise on equal sizes
+                w = w / (w.sum(0) + 1e-7)
             else:
                 s = torch.sort(a, dim=0, descending=True).values
                 if not threshold_grad:
@@ -78,7 +87,7 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
             hidden.append(h)
         if (t + 1) % k_att == 0:
             mems.append(h_hat if store == "provisional" else h)
-        outs.append(net.readout(torch.cat([h, r], -1) if variant == "released" else h))
+        outs.append(net.readout(torch.cat([h, r], -1) if released else h))
     return torch.stack(outs)
 
 
@@ -90,7 +99,7 @@ def naive_gradient(net, batch, **kw):
 
 # --- (a) no effective truncation is full BPTT through the SAB network --------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("variant", ["paper", "released"])
+@pytest.mark.parametrize("variant", ["paper", "released", "released_literal"])
 @pytest.mark.parametrize("extra", [0, 1000])
 def test_untruncated_sab_is_bptt_through_its_network(cell, variant, extra):
     # L = 24; the release cuts before step k_trunc - 1, so only k_trunc > L means no cut there
@@ -106,14 +115,15 @@ def test_untruncated_sab_is_bptt_through_its_network(cell, variant, extra):
                  for n, _ in net.scorer.named_parameters(prefix="scorer")]).norm() > 0
 
 
-@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None)])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None),
+                                            ("released_literal", None)])
 def test_gradcheck_tiny_sab_network(variant, scorer):
     # seed 3: every step's top scores are at least 0.01 apart (at other seeds this tiny GRU ties
     # memories to within the release's 1e-7, its sparsifier's kink, where finite differences fail)
     method, net, batch = make("gru", seq_len=1, batch=2, hidden=2, seed=3, k_trunc=100, k_top=2, k_att=2,
                               variant=variant, scorer=scorer)
     names = [n for n, _ in net.named_parameters()]
-    if variant == "released":   # its N(0, 0.01^2) scorer puts scores 1e-4 apart, too close for finite differences
+    if variant.startswith("released"):   # its N(0, 0.01^2) scorer puts scores 1e-4 apart, too close for finite differences
         with torch.no_grad():
             net.scorer.w.mul_(100)
     params = [p.detach().clone().requires_grad_() for p in net.parameters()]
@@ -128,7 +138,7 @@ def test_gradcheck_tiny_sab_network(variant, scorer):
 # --- (b) truncated: against the independent implementation, path by path -----------------------
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
 @pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("paper", "separable"),
-                                            ("released", None), ("released", "mlp")])
+                                            ("released", None), ("released", "mlp"), ("released_literal", None)])
 @pytest.mark.parametrize("k_trunc,k_top,k_att", [(1, 1, 1), (2, 2, 1), (3, 2, 2), (5, 3, 3), (4, 8, 1)])
 def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc, k_top, k_att):
     method, net, batch = make(cell, seq_len=3, k_trunc=k_trunc, k_top=k_top, k_att=k_att, variant=variant,
@@ -141,7 +151,8 @@ def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc
     assert rel(g, naive_gradient(net, batch, **kw)) < 1e-10
 
 
-@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None)])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None),
+                                            ("released_literal", None)])
 def test_without_threshold_gradient_equals_plain_autograd_with_the_threshold_detached(variant, scorer):
     kw = dict(k_trunc=3, k_top=2, k_att=1, variant=variant)
     method, net, batch = make("lstm", seq_len=3, scorer=scorer, threshold_grad=False, **kw)
@@ -293,6 +304,28 @@ def test_memory_holds_attended_states_every_k_att_steps(variant):
     for j, h in enumerate(stored):
         assert torch.equal(memory.rows()[j], h)
     assert hs[-1].requires_grad   # stored with their graphs, not detached
+
+
+def test_released_literal_thresholds_memories_against_other_rows_scores():
+    """variant=released_literal: memory t of row b is thresholded against row (b T + t) mod B's k-th
+    score plus 1e-7, so a row may read more than k_top - 1 memories, or none; variant=released reads
+    exactly k_top - 1 in every row."""
+    from methods._sab_network import LiteralReleaseSparsifier, Sparsifier
+    g = torch.Generator().manual_seed(0)
+    B, M, k = 16, 37, 5
+    # the release's scores are a per-row query term plus per-memory keys: rows sit at different levels
+    a = 3 * torch.randn(B, 1, generator=g, dtype=torch.float64) + torch.randn(B, M, generator=g, dtype=torch.float64)
+    w, _ = LiteralReleaseSparsifier(k).forward(a, True)
+    delta = a.sort(1, descending=True).values[:, k - 1] + 1e-7
+    thr = torch.tensor([[delta[(b * M + t) % B] for t in range(M)] for b in range(B)], dtype=torch.float64)
+    expected = (a - thr).clamp_min(0)
+    assert torch.allclose(w, expected / (expected.sum(1, keepdim=True) + 1e-7), rtol=0, atol=1e-15)
+    counts = (w > 0).sum(1)
+    assert counts.max() > 2 * k and counts.min() == 0   # rows thresholded against lower rows read many, others none
+    released, _ = Sparsifier(k, True).forward(a.sort(1, descending=True).values[:, :k], True)
+    assert ((released > 0).sum(1) == k - 1).all()
+    _, net, _ = make(hidden=4, variant="released_literal")
+    assert type(net.scorer).__name__ == "SeparableScorer" and net.readout.in_features == 8
 
 
 def test_window_boundaries():
