@@ -151,9 +151,15 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="fixed budget of training steps per run")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the part's folder under results/reference)")
     p.add_argument("--dry-run", action="store_true", help="print the budget and the commands, run nothing")
+    p.add_argument("--literal", action="store_true",
+                   help="part paper: also sab[k_trunc=5,variant=released_literal] on scalar input (the release's "
+                        "threshold as PyTorch 0.1.12 probably computed it)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    part = PARTS[args.part]
+    part = dict(PARTS[args.part])
+    if args.literal and args.part == "paper":
+        part["groups"] = [(t, m + (",sab[k_trunc=5,variant=released_literal]" if t == "copy[encoding=scalar]" else ""))
+                          for t, m in part["groups"]]
     out = args.out or Path(part["out"])
     runs = implied(part["groups"])
 
