@@ -30,13 +30,15 @@ def make(cell="lstm", seq_len=4, batch=3, hidden=4, seed=0, task="copy", **param
     return method, net, b
 
 
-def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=False, hidden=None, store="attended"):
+def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=False, hidden=None, store="attended",
+                  threshold_grad=True):
     """SAB written the direct way, independently of methods/: every memory scored with gradient
     at every step from a stacked copy, weights from a full sort, explicit detaches."""
     cell, B, L = net.cell, x.shape[1], x.shape[0]
     state = cell.init_state(B)
-    mems = [state[0]] if variant == "released" else []
-    if variant == "released":
+    released = variant.startswith("released")
+    mems = [state[0]] if released else []
+    if released:
         cut_before = [t for t in range(L) if (t + 1) % k_trunc == 0]
     else:
         cut_before = [t for t in range(L) if t > 0 and t % k_trunc == 0]
@@ -59,9 +61,19 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
             else:   # bilinear
                 a = (Mt * (h_hat @ sc.query_proj.weight.T + sc.query_proj.bias)).sum(-1)
             if len(mems) <= k_top:
-                w = a if variant == "released" else torch.softmax(a, 0)
+                w = a if released else torch.softmax(a, 0)
+            elif variant == "released_literal":   # the release's `attn_s - delta.repeat(1, T)` under PyTorch 0.1.12
+                s = torch.sort(a, dim=0, descending=True).values
+                delta = (s[k_top - 1] if threshold_grad else s[k_top - 1].detach()) + 1e-7   # [B]
+                M = a.shape[0]
+                flat_scores = a.T.reshape(-1)                                  # attn_s [B, M], flattened
+                repeated = delta.reshape(1, B).repeat(1, M).reshape(-1)        # [1, B*M], flattened
+                w = F.relu(flat_scores - repeated).reshape(B, M).T              # elementwise on equal sizes
+                w = w / (w.sum(0) + 1e-7)
             else:
                 s = torch.sort(a, dim=0, descending=True).values
+                if not threshold_grad:
+                    s = s.detach()
                 if variant == "released":
                     w = F.relu(a - (s[k_top - 1] + 1e-7))
                     w = w / (w.sum(0) + 1e-7)
@@ -75,7 +87,7 @@ def naive_forward(net, x, k_trunc, variant, k_top, k_att, block_memory_grad=Fals
             hidden.append(h)
         if (t + 1) % k_att == 0:
             mems.append(h_hat if store == "provisional" else h)
-        outs.append(net.readout(torch.cat([h, r], -1) if variant == "released" else h))
+        outs.append(net.readout(torch.cat([h, r], -1) if released else h))
     return torch.stack(outs)
 
 
@@ -87,7 +99,7 @@ def naive_gradient(net, batch, **kw):
 
 # --- (a) no effective truncation is full BPTT through the SAB network --------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("variant", ["paper", "released"])
+@pytest.mark.parametrize("variant", ["paper", "released", "released_literal"])
 @pytest.mark.parametrize("extra", [0, 1000])
 def test_untruncated_sab_is_bptt_through_its_network(cell, variant, extra):
     # L = 24; the release cuts before step k_trunc - 1, so only k_trunc > L means no cut there
@@ -103,14 +115,15 @@ def test_untruncated_sab_is_bptt_through_its_network(cell, variant, extra):
                  for n, _ in net.scorer.named_parameters(prefix="scorer")]).norm() > 0
 
 
-@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "mlp"), ("released", None)])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None),
+                                            ("released_literal", None)])
 def test_gradcheck_tiny_sab_network(variant, scorer):
     # seed 3: every step's top scores are at least 0.01 apart (at other seeds this tiny GRU ties
     # memories to within the release's 1e-7, its sparsifier's kink, where finite differences fail)
     method, net, batch = make("gru", seq_len=1, batch=2, hidden=2, seed=3, k_trunc=100, k_top=2, k_att=2,
                               variant=variant, scorer=scorer)
     names = [n for n, _ in net.named_parameters()]
-    if variant == "released":   # its N(0, 0.01^2) scorer puts scores 1e-4 apart, too close for finite differences
+    if variant.startswith("released"):   # its N(0, 0.01^2) scorer puts scores 1e-4 apart, too close for finite differences
         with torch.no_grad():
             net.scorer.w.mul_(100)
     params = [p.detach().clone().requires_grad_() for p in net.parameters()]
@@ -124,8 +137,8 @@ def test_gradcheck_tiny_sab_network(variant, scorer):
 
 # --- (b) truncated: against the independent implementation, path by path -----------------------
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "mlp"), ("released", None),
-                                            ("released", "bilinear")])
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("paper", "separable"),
+                                            ("released", None), ("released", "mlp"), ("released_literal", None)])
 @pytest.mark.parametrize("k_trunc,k_top,k_att", [(1, 1, 1), (2, 2, 1), (3, 2, 2), (5, 3, 3), (4, 8, 1)])
 def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc, k_top, k_att):
     method, net, batch = make(cell, seq_len=3, k_trunc=k_trunc, k_top=k_top, k_att=k_att, variant=variant,
@@ -136,6 +149,39 @@ def test_truncated_gradient_equals_plain_autograd(cell, variant, scorer, k_trunc
         out = naive_forward(net, batch.x, **kw)
     assert abs(loss - batch.loss(out).item()) < 1e-12
     assert rel(g, naive_gradient(net, batch, **kw)) < 1e-10
+
+
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None),
+                                            ("released_literal", None)])
+def test_without_threshold_gradient_equals_plain_autograd_with_the_threshold_detached(variant, scorer):
+    kw = dict(k_trunc=3, k_top=2, k_att=1, variant=variant)
+    method, net, batch = make("lstm", seq_len=3, scorer=scorer, threshold_grad=False, **kw)
+    _, g = method.gradient(net, batch, None)
+    assert rel(g, naive_gradient(net, batch, threshold_grad=False, **kw)) < 1e-10
+    assert rel(g, naive_gradient(net, batch, **kw)) > 1e-6   # the threshold's gradient is not negligible
+
+
+@pytest.mark.parametrize("variant", ["paper", "released"])
+@pytest.mark.parametrize("threshold_grad", [True, False])
+@pytest.mark.parametrize("scorer", [None, "bilinear"])
+def test_memories_backtracked_per_read(variant, threshold_grad, scorer):
+    """One read backtracks into the k_top weighted memories (k_top - 1 in the release) and, through
+    its score, the threshold memory (weight 0) unless threshold_grad=False."""
+    method, net, batch = make("lstm", seq_len=4, k_top=3, k_att=1, k_trunc=100, variant=variant, scorer=scorer,
+                              threshold_grad=threshold_grad)
+    B, H = batch.batch_size, 4
+    memory = net.init_carry(B)[1]
+    g = torch.Generator().manual_seed(1)
+    stored = [torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(8)]
+    for m in stored:
+        net._write(memory, m)
+    h = torch.randn(B, H, generator=g, dtype=torch.float64)
+    out = net.attend(h, memory)[0]
+    grads = torch.autograd.grad(out.sum(), stored, allow_unused=True)
+    reached = torch.stack([torch.zeros(B) if gr is None else (gr != 0).any(1).double() for gr in grads]).sum(0)
+    weighted = (net.weights(h, memory) != 0).sum(0).double()
+    assert (weighted == (3 if variant == "paper" else 2)).all()
+    assert torch.equal(reached, weighted + (1 if threshold_grad else 0))
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
@@ -192,7 +238,7 @@ def test_sparsifier_keeps_k_top_weights_paper_and_k_top_minus_one_released(varia
         assert ((w.sum(0) < 1) & (w.sum(0) > 0.99)).all() and (excess > 0).all()
 
 
-@pytest.mark.parametrize("scorer", [None, "mlp"])
+@pytest.mark.parametrize("scorer", [None, "bilinear"])
 def test_paper_weights_depend_on_the_query_released_do_not(scorer):
     for variant in ("paper", "released"):
         net, memory, batch = filled(variant, scorer=scorer if variant == "paper" else None)
@@ -260,6 +306,28 @@ def test_memory_holds_attended_states_every_k_att_steps(variant):
     assert hs[-1].requires_grad   # stored with their graphs, not detached
 
 
+def test_released_literal_thresholds_memories_against_other_rows_scores():
+    """variant=released_literal: memory t of row b is thresholded against row (b T + t) mod B's k-th
+    score plus 1e-7, so a row may read more than k_top - 1 memories, or none; variant=released reads
+    exactly k_top - 1 in every row."""
+    from methods._sab_network import LiteralReleaseSparsifier, Sparsifier
+    g = torch.Generator().manual_seed(0)
+    B, M, k = 16, 37, 5
+    # the release's scores are a per-row query term plus per-memory keys: rows sit at different levels
+    a = 3 * torch.randn(B, 1, generator=g, dtype=torch.float64) + torch.randn(B, M, generator=g, dtype=torch.float64)
+    w, _ = LiteralReleaseSparsifier(k).forward(a, True)
+    delta = a.sort(1, descending=True).values[:, k - 1] + 1e-7
+    thr = torch.tensor([[delta[(b * M + t) % B] for t in range(M)] for b in range(B)], dtype=torch.float64)
+    expected = (a - thr).clamp_min(0)
+    assert torch.allclose(w, expected / (expected.sum(1, keepdim=True) + 1e-7), rtol=0, atol=1e-15)
+    counts = (w > 0).sum(1)
+    assert counts.max() > 2 * k and counts.min() == 0   # rows thresholded against lower rows read many, others none
+    released, _ = Sparsifier(k, True).forward(a.sort(1, descending=True).values[:, :k], True)
+    assert ((released > 0).sum(1) == k - 1).all()
+    _, net, _ = make(hidden=4, variant="released_literal")
+    assert type(net.scorer).__name__ == "SeparableScorer" and net.readout.in_features == 8
+
+
 def test_window_boundaries():
     from methods.sab import cuts
     assert cuts(10, 3, "paper") == {3, 6, 9}
@@ -282,9 +350,23 @@ def test_window_boundaries():
 
 
 def test_readout_sees_h_paper_and_h_r_released():
-    for variant, width, scorer in (("paper", 4, "BilinearScorer"), ("released", 8, "SeparableScorer")):
+    for variant, width in (("paper", 4), ("released", 8)):
         _, net, _ = make(hidden=4, variant=variant)
-        assert net.readout.in_features == width and type(net.scorer).__name__ == scorer
+        assert net.readout.in_features == width
+
+
+def test_default_scorer_is_the_papers_mlp_and_the_releases_separable():
+    """The paper scores with an MLP over [h^; m] (its Figure 1); bilinear is an option, not the default."""
+    assert SAB.hyperparameters["scorer"].default is None
+    for variant, scorer, params in (("paper", "MLPScorer", {"key_proj.weight", "query_proj.weight",
+                                                           "query_proj.bias", "v"}),
+                                    ("released", "SeparableScorer", {"w"})):
+        _, net, _ = make(hidden=4, variant=variant)
+        assert type(net.scorer).__name__ == scorer
+        assert {n for n, _ in net.scorer.named_parameters()} == params
+    _, net, _ = make(hidden=4, scorer="bilinear")
+    assert type(net.scorer).__name__ == "BilinearScorer"
+    assert SAB().label == "sab" and SAB(scorer="mlp").label == "sab[scorer=mlp]"
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
@@ -308,6 +390,7 @@ def test_one_update_per_sequence(variant):
     ({"variant": "releasd"}, ["releasd", "did you mean 'released'"]),
     ({"ktop": 3}, ["ktop", "did you mean 'k_top'"]),
     ({"scorer": "bilinier"}, ["bilinier", "did you mean 'bilinear'"]),
+    ({"threshold_grad": "maybe"}, ["threshold_grad='maybe'", "true or false"]),
 ])
 def test_bad_hyperparameters(params, words):
     with pytest.raises(ConfigError) as err:
@@ -337,6 +420,27 @@ def test_saved_bytes_grow_linearly_not_quadratically():
     a, b = saved_bytes(40), saved_bytes(160)
     # 4x the steps: linear gives ~4x; holding every step's view of the whole memory gives ~16x
     assert 3.0 < b / a < 5.0, (a, b)
+
+
+@pytest.mark.parametrize("scorer", [None, "bilinear"])
+def test_saved_bytes_count_the_chosen_rows_on_top_of_bptts(scorer):
+    """The closed-form backward saves what it needs through save_for_backward, so the meter sees it:
+    at least BPTT's bytes on the same cell (every window's graph stays alive) plus the values of the
+    k_top + 1 chosen memories of every long-memory read."""
+    T, B, H, k_top = 40, 2, 8, 3
+    method, net, batch = make("lstm", seq_len=T, batch=B, hidden=H, task="adding", k_trunc=5, k_top=k_top, k_att=1,
+                              scorer=scorer)
+    meter = SavedBytesMeter(list(net.parameters()) + batch.tensors())
+    with meter.measure():
+        method.train_step(net, batch, Updater(net, torch.optim.SGD(net.parameters(), lr=0.0), None), None)
+    bptt = METHODS.get("bptt")()
+    bnet, _ = build(bptt, "lstm", tiny_batch("adding", seq_len=T, batch=B)[0], B, hidden=H)
+    bmeter = SavedBytesMeter(list(bnet.parameters()) + batch.tensors())
+    with bmeter.measure():
+        bptt.train_step(bnet, batch, Updater(bnet, torch.optim.SGD(bnet.parameters(), lr=0.0), None), None)
+    long_reads = batch.num_steps - (k_top + 1)   # the memory holds more than k_top entries from step k_top + 2
+    rows = long_reads * B * (k_top + 1) * H * 8
+    assert meter.peak >= bmeter.peak + rows, (meter.peak, bmeter.peak, rows)
 
 
 # --- generalisation to longer test sequences, end to end ----------------------------------------
@@ -372,3 +476,44 @@ def test_memory_and_graph_are_freed_without_the_cycle_collector():
     finally:
         if enabled:
             gc.enable()
+
+
+# --- diagnostics recorded at every evaluation --------------------------------------------------
+@pytest.mark.parametrize("variant,scorer", [("paper", None), ("paper", "bilinear"), ("released", None)])
+def test_diagnostics_match_an_independent_pass(variant, scorer):
+    method, net, batch = make("lstm", seq_len=5, batch=3, k_trunc=3, k_top=2, k_att=1, variant=variant, scorer=scorer)
+    before = [p.detach().clone() for p in net.parameters()]
+    d = method.diagnostics(net, batch)
+    assert all(torch.equal(b, p) for b, p in zip(before, net.parameters())) and net._trace is None
+    entropies, counts = [], []
+    carry = net.init_carry(batch.batch_size)
+    for t in range(batch.num_steps):
+        h_hat = net.cell(batch.x[t], carry[0])[0]
+        if carry[1].size:
+            w = net.weights(h_hat, carry[1]).T   # [B, |M|]
+            counts.append((w != 0).sum(1).double())
+            pos = w.clamp_min(0)
+            p = pos[pos.sum(1) > 0] / pos[pos.sum(1) > 0].sum(1, keepdim=True)   # (lanes reading nothing: skipped)
+            entropies.append(-(p * p.clamp_min(1e-300).log()).sum(1))
+        carry = net.step(batch.x[t], carry)[1]
+    norms = carry[1].rows().norm(dim=2)
+    assert d["exact_grad_norm"] == pytest.approx(float(flat(reference_gradient(net, batch)).norm()), rel=1e-12)
+    assert d["attention_entropy"] == pytest.approx(float(torch.cat(entropies).mean()), rel=1e-9)
+    assert d["memories_read"] == pytest.approx(float(torch.cat(counts).mean()), rel=1e-12)
+    assert d["memory_norm_mean"] == pytest.approx(float(norms.mean()), rel=1e-12)
+    assert d["memory_norm_max"] == pytest.approx(float(norms.max()), rel=1e-12)
+    assert d["score_spread_median"] > 0
+
+
+def test_diagnostics_are_recorded_in_every_curve_point(tmp_path):
+    code = cli.main(["--methods", "sab[k_trunc=3,k_top=2,k_att=2]", "--tasks", "copy", "--seq-len", "3",
+                     "--hidden", "4", "--batch", "2", "--steps", "4", "--seeds", "1", "--eval-every", "2",
+                     "--eval-batches", "1", "--fidelity-points", "2", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    # (the sweep may add sab's fidelity reference, sab_bptt, as a run of its own: it records them too)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    (record,) = [r for r in records if r["config"]["method"] == "sab"]
+    assert len(record["curve"]) >= 2
+    for point in record["curve"]:
+        assert {"exact_grad_norm", "attention_entropy", "memories_read", "memory_norm_mean",
+                "memory_norm_max"} <= set(point["diagnostics"])
