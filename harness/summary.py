@@ -205,6 +205,11 @@ def summarise(records: list[dict]) -> pd.DataFrame:
                     row[col] = _mean(ok[col])
         out.append(row)
     table = pd.DataFrame(out)
+    # rows of one task and horizon together (the run list puts every reference trajectory first),
+    # tasks in the order they came, methods in run order within each group
+    first = {task: i for i, task in reversed(list(enumerate(table["task"])))}
+    table = table.assign(_task=table["task"].map(first)).sort_values(
+        ["_task", "seq_len", "eval_seq_len"], kind="stable").drop(columns="_task").reset_index(drop=True)
     compare_with_best(table)
     return table.reindex(columns=COLUMNS)
 
