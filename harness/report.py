@@ -133,7 +133,7 @@ def _fit_to_lines(ax, bounds: tuple[float, float] = stats.UNBOUNDED) -> None:
     if ax.get_yscale() == "log":
         ax.set_ylim(lo / 1.6, hi * 1.6)
         return
-    pad = 0.06 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
+    pad = max(0.06 * (hi - lo), 0.02 * max(abs(hi), abs(lo), 1e-3))   # a near-constant curve gets room
     span = bounds[1] - bounds[0] if np.isfinite(bounds[1] - bounds[0]) else np.inf
     edge = 0.03 * span if np.isfinite(span) else 0.0
     ax.set_ylim(max(lo - pad, bounds[0] - edge), min(hi + pad, bounds[1] + edge))
@@ -432,6 +432,13 @@ def plot_diagnostics(records: list[dict]):
     st = styles(method_label(r) for r in ok_runs(records))
     for ax, (title, name) in zip(axes, keys):
         group = [r for r in runs if task_label(r) == title]
+        values = np.array([p["diagnostics"][name] for r in group for p in r["curve"]
+                           if name in (p.get("diagnostics") or {})], float)
+        values = values[np.isfinite(values)]
+        # a norm spanning decades (SAB's exact gradient) reads on a log axis, as a geometric mean;
+        # a quantity that cannot be negative keeps its band at or above 0
+        log = bool(len(values) and values.min() > 0 and values.max() / values.min() > 100)
+        bounds = (0.0, np.inf) if len(values) and values.min() >= 0 else stats.UNBOUNDED
         for label, rs in by(group, method_label).items():
             pts = [[p for p in r["curve"] if name in (p.get("diagnostics") or {})] for r in rs]
             if not all(pts):
@@ -440,9 +447,13 @@ def plot_diagnostics(records: list[dict]):
             ys = [np.array([p["diagnostics"][name] for p in ps], float) for ps in pts]
             grid, interpolated = _common_grid(xs)
             table = [np.interp(grid, xi, yi) if interpolated else yi for xi, yi in zip(xs, ys)]
-            _band(ax, grid, table, st[label], label, markevery=max(1, len(grid) // 8))
+            _band(ax, grid, table, st[label], label, markevery=max(1, len(grid) // 8), geometric=log, bounds=bounds)
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)   # 3.8887 + 1e-4 offsets hide a constant
         ax.set(title=title, xlabel=X_AXES["sequences"], ylabel=name.replace("_", " "))
-        _fit_to_lines(ax)
+        _fit_to_lines(ax, bounds=bounds)
         _linear_ticks(ax, "x")
     _legend(fig, axes)
     return fig
