@@ -64,7 +64,7 @@ def cost_rows(task, cell, hidden, batch, rounds):
             runs[name]()
             times[name].append(time.perf_counter() - t0)
     for name, r in rows.items():
-        r["ms_per_step"] = 1e3 * statistics.median(times[name]) / L
+        r["ms_per_time_step"] = 1e3 * statistics.median(times[name]) / L
         r["time_vs_bptt"] = statistics.median(t / b for t, b in zip(times[name], times["bptt"]))
         r["rounds"] = rounds
     return [rows[name] for name in names]
