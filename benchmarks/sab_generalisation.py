@@ -56,13 +56,13 @@ def scores_at(out: Path, record: dict, horizons: list[int], batches: int) -> dic
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment of the p-values that exist (None stays None)."""
-    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    adjusted, running = [None] * len(pvalues), 0.0
-    for rank, (p, i) in enumerate(present):
-        running = max(running, min(1.0, (len(present) - rank) * p))
-        adjusted[i] = running
-    return adjusted
+    """stats.holm over the p-values that exist (None stays None: no test was possible)."""
+    present = [i for i, p in enumerate(pvalues) if p is not None]
+    adjusted = stats.holm([pvalues[i] for i in present]) if present else []
+    out = [None] * len(pvalues)
+    for i, a in zip(present, adjusted):
+        out[i] = float(a)
+    return out
 
 
 def main():
@@ -74,7 +74,7 @@ def main():
     args = p.parse_args()
     records = [json.loads(f.read_text()) for f in sorted((args.out / "runs").glob("*.json"))]
     records = [r for r in records if r.get("status") == "ok"]
-    per_run, missing = [], []
+    per_run, missing, metrics = [], [], {}
     for r in records:
         s = scores_at(args.out, r, args.horizons, args.batches)
         if s is None:
@@ -82,6 +82,7 @@ def main():
             continue
         label = f"{r['method_label']} on {r['config']['task']}" + (
             f"[{','.join(f'{k}={v}' for k, v in r['config']['task_params'].items())}]" if r['config']['task_params'] else "")
+        metrics[label] = r.get("metric")
         per_run.append({"method": label, "seed": r["config"]["seed"], **{f"T={T}": v for T, v in s.items()}})
     per_run.sort(key=lambda row: (row["method"], row["seed"]))
     horizons = [k for k in per_run[0] if k.startswith("T=")] if per_run else []
@@ -95,8 +96,10 @@ def main():
             tests = [stats.welch(scores[(m_ref, h)], scores[(o, h)]) for o in others]
             adjusted = holm([t.p_value for t in tests])
             for m in [m_ref] + others:
-                mean, low, high = stats.mean_ci(scores[(m, h)])
-                row = {"horizon": h, "method": m, "mean [95% CI]": f"{mean:.3f} [{low:.3f}, {high:.3f}]",
+                # the t interval cut to what the score can take (accuracy in [0, 1]), as in the tables
+                mean, low, high = stats.mean_ci(scores[(m, h)], bounds=stats.metric_range(metrics[m]))
+                interval = f" [{low:.3f}, {high:.3f}]" if np.isfinite(low) else " (fewer than 3 seeds: no interval)"
+                row = {"horizon": h, "method": m, "mean [95% CI]": f"{mean:.3f}{interval}",
                        "seeds": " ".join(f"{v:.3f}" for v in scores[(m, h)])}
                 if m != m_ref:
                     i = others.index(m)
@@ -106,8 +109,9 @@ def main():
     text = (f"# Transfer to longer sequences\n\n`python benchmarks/sab_generalisation.py {args.out} --horizons "
             f"{','.join(map(str, args.horizons))} --batches {args.batches}`: each run's final parameters scored on "
             f"{args.batches} held-out batches per horizon (the training horizon's column is the run's own final score).\n\n"
-            + tabulate(summary, headers="keys", tablefmt="github") + "\n\nPer run:\n\n"
-            + tabulate(per_run, headers="keys", tablefmt="github", floatfmt=".3f") + "\n"
+            + tabulate(summary, headers="keys", tablefmt="github", disable_numparse=True) + "\n\nPer run:\n\n"
+            + tabulate([{k: f"{v:.3f}" if isinstance(v, float) else v for k, v in row.items()} for row in per_run],
+                       headers="keys", tablefmt="github", disable_numparse=True) + "\n"
             + (f"\nNo final parameters for: {', '.join(missing)} (no trajectory file at the last step).\n" if missing else ""))
     (args.out / "generalisation.md").write_text(text)
     print(text)
