@@ -318,7 +318,7 @@ def plot_fidelity(records: list[dict]):
             _band(ax, grid, table, st[label], label, bounds=stats.COSINE_RANGE)
         ax.axhline(1.0, color="0.3", linestyle=(0, (1, 2)), linewidth=1.0, label="exact")
         where = "shared parameters" if all(shared(r) for r in group) else "own parameters"
-        ax.set(title=title, xlabel=X_AXES["sequences"], ylabel=f"{COSINE[:-1]}, {where})")
+        ax.set(title=title, xlabel=X_AXES["sequences"], ylabel=f"{COSINE}\nat {where}")
         _fit_to_lines(ax, stats.COSINE_RANGE)
         _linear_ticks(ax, "x")
     extra = {}
