@@ -4,8 +4,9 @@ Per cell (rnn, leaky, lstm, gru; rflo on the leaky cell only), hidden 128, batch
 methods' training steps are timed in interleaved rounds (bptt, snap1, eprop, rflo, bptt, ...), so the
 load of a shared machine hits them alike, after a warm-up step; each method's time relative to bptt is
 the median over rounds of its time over bptt's in the same round. Also state bytes (the carried
-influence) and saved bytes (peak held by autograd during the step). Targets (issue 18): snap1 <= 3x,
-eprop <= 2x, rflo <= 2x bptt per step.
+influence) and saved bytes (peak held by autograd during the step), and the floor of carrying
+snap1's influence at all: one elementwise pass per time step that reads and writes a buffer of its
+size, timed in the same rounds. Targets (issue 18): snap1 <= 3x, eprop <= 2x, rflo <= 2x bptt per step.
 
 Writes results/reference/online_family_costs.{csv,md} (or --out). Timings are only comparable within one run.
 
@@ -57,9 +58,19 @@ def cost_rows(task, cell, hidden, batch, rounds):
         runs[name] = lambda m=method, n=net, u=updater, r=rng: m.train_step(n, data, u, r)
         rows[name] = {"cell": cell, "method": name, "hidden": hidden, "batch": batch,
                       "state_bytes": method.state_bytes(), "saved_bytes": meter.peak}
-    times = {name: [] for name in names}
+    # The floor of any method that stores snap1's influence: one elementwise pass per time step that
+    # reads it and writes it (M <- a * M, a per row), timed in the same rounds as the methods
+    floor_in = torch.randn(batch, rows["snap1"]["state_bytes"] // 4 // batch)
+    floor_out, scale = torch.empty_like(floor_in), torch.rand(batch, 1)
+
+    def floor_pass():
+        for _ in range(L):
+            torch.mul(floor_in, scale, out=floor_out)
+
+    runs["floor"] = floor_pass
+    times = {name: [] for name in names + ["floor"]}
     for _ in range(rounds):
-        for name in names:
+        for name in names + ["floor"]:
             t0 = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - t0)
@@ -67,6 +78,8 @@ def cost_rows(task, cell, hidden, batch, rounds):
         r["ms_per_time_step"] = 1e3 * statistics.median(times[name]) / L
         r["time_vs_bptt"] = statistics.median(t / b for t, b in zip(times[name], times["bptt"]))
         r["rounds"] = rounds
+    rows["snap1"]["floor_ms_per_time_step"] = 1e3 * statistics.median(times["floor"]) / L
+    rows["snap1"]["floor_vs_bptt"] = statistics.median(t / b for t, b in zip(times["floor"], times["bptt"]))
     return [rows[name] for name in names]
 
 
@@ -106,6 +119,9 @@ def main(argv=None):
     cmd = "python benchmarks/online_family_costs.py" + " ".join([""] + (argv if argv is not None else sys.argv[1:]))
     md = (f"# snap1, eprop, rflo: cost per time step against bptt\n\n`{cmd}`; {env}.\n\n"
           + tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".4g")
+          + "\n\n`floor_ms_per_time_step`: one elementwise pass per time step that reads and writes a buffer the "
+          "size of snap1's influence (its state bytes), the least any method that carries it must do; "
+          "`floor_vs_bptt`: that pass against bptt's step, in the same rounds."
           + "\n\n## Targets (ratios from this run)\n\n" + targets(df) + "\n")
     (args.out / f"{stem}.md").write_text(md)
     print(md)
