@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from harness.config import ConfigError
 from harness.fidelity import flat, reference_gradient
 from harness.jacobians import step_function
-from harness.method import RunSpec, diagonal_recurrent_weights
+from harness.method import RunSpec, Updater, diagonal_recurrent_weights
 from harness.models import CELLS, build_network
 from harness.registry import METHODS
 from harness.task import Batch
@@ -222,9 +222,42 @@ def test_state_bytes_are_the_unit_influence_and_do_not_grow(name, cell, copies):
     assert sizes[0] == sizes[1] == int(copies * 2 * cell_params * 8)   # batch 2, float64
 
 
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("name,cell", [
+    ("snap1", "lstm"), ("snap1", "gru"), ("eprop", "lstm"), ("eprop", "leaky"), ("eprop", "rnn"), ("rflo", "leaky"),
+    ("rtrl", "gru"), ("uoro", "rnn"), ("kf_rtrl", "leaky"),   # the same base (harness/online.py)
+])
+def test_each_update_applies_its_windows_gradient(name, cell, every):
+    """update_every=k: update j applies the gradient of window j only (what came before it was applied
+    already), the last, partial, window included, with the sequence's normaliser (DESIGN.md). At lr=0
+    (parameters fixed) the first j updates sum to the estimate over the sequence with the loss cut after
+    window j (the same signs for uoro and kf_rtrl: one draw per step, with or without loss), rescaled
+    from that batch's normaliser to the whole one's. A count of updates alone would pass a method that
+    applied everything at the last update, or every earlier window again at each update."""
+    net, batch = network(cell), regression_batch(7, 3)
+    applied = []
+
+    class Recording(Updater):
+        def apply(self, grads=None):
+            applied.append([g.clone() for g in grads])
+            super().apply(grads)
+
+    updater = Recording(net, torch.optim.SGD(net.parameters(), lr=0.0), clip=None)
+    METHODS.get(name)(update_every=every).train_step(net, batch, updater, torch.Generator().manual_seed(0))
+    assert len(applied) == -(-batch.num_steps // every)
+    so_far = [torch.zeros_like(p) for p in net.parameters()]
+    for j, window in enumerate(applied):
+        so_far = [a + w for a, w in zip(so_far, window)]
+        mask = batch.mask.clone()
+        mask[(j + 1) * every:] = 0
+        cut = Batch(batch.x, batch.y, mask, mask.clone(), batch.loss_kind)
+        _, expected = METHODS.get(name)().gradient(net, cut, torch.Generator().manual_seed(0))
+        scale = float(cut.normaliser / batch.normaliser)
+        assert rel_err(so_far, [g * scale for g in expected]) < 1e-12, f"update {j + 1}"
+
+
 @pytest.mark.parametrize("name,cell", [("snap1", "gru"), ("eprop", "lstm"), ("rflo", "leaky")])
 def test_fully_online_updates_every_step(name, cell):
-    from harness.method import Updater
     method, net, batch = METHODS.get(name)(update_every=1), network(cell), regression_batch(4, 2)
     updater = Updater(net, torch.optim.SGD(net.parameters(), lr=1e-2), clip=None)
     method.train_step(net, batch, updater, torch.Generator().manual_seed(0))
