@@ -7,6 +7,8 @@ paths stop-gradiented, which autograd computes independently of the forward-mode
 - e-prop: h_{t-1} detached where it enters the gates (gh = W_hh h_{t-1}.detach() + b_hh), the cell's own
   elementwise paths kept (the leak, the LSTM's c, the GRU's z h);
 - RFLO: e-prop's leaky RNN with the loss pulled back to h_t through the feedback matrix B instead of W_out^T.
+SnAp-1 is also checked against the paper's recursion written out, J_t = (I_t + D_t J_{t-1}) masked, with the
+full D_t from forward-mode AD.
 """
 import pytest
 import torch
@@ -14,8 +16,8 @@ import torch.nn.functional as F
 
 from harness.config import ConfigError
 from harness.fidelity import flat, reference_gradient
-from harness.jacobians import step_function
-from harness.method import RunSpec, diagonal_recurrent_weights
+from harness.jacobians import lane_jacobians, preactivations, step_function
+from harness.method import RunSpec, Updater, diagonal_recurrent_weights
 from harness.models import CELLS, build_network
 from harness.registry import METHODS
 from harness.task import Batch
@@ -110,6 +112,55 @@ def test_snap1_equals_rtrl_when_the_recurrent_jacobian_is_diagonal(cell):
     _, rtrl = METHODS.get("rtrl")().gradient(net, batch, None)
     assert rel_err(snap, rtrl) < 1e-10
     assert rel_err(snap, reference_gradient(net, batch)) < 1e-10
+
+
+def snap_masked_rtrl(net, batch, pattern):
+    """The paper's recursion literally, J_t = (I_t + D_t J_{t-1}) (.) M, with the full per-lane D_t and I_t
+    from forward-mode AD (harness.jacobians.lane_jacobians, not the closed forms snap1 uses); pattern [S, G]."""
+    cell, (B, H, I) = net.cell, (batch.batch_size, net.cell.hidden_size, net.cell.input_size)
+    G, S = cell.weight_hh.shape[0], pattern.shape[0]
+    J = torch.zeros(B, S, G, I + H + 2, dtype=torch.float64)
+    grad = torch.zeros(G, I + H + 2, dtype=torch.float64)
+    readout = [torch.zeros_like(p) for p in net.readout.parameters()]
+    state = net.init_carry(B)
+    for t in range(batch.num_steps):
+        x, one = batch.x[t], batch.x.new_ones(B, 1)
+        with torch.no_grad():
+            gi, gh = preactivations(cell, x, state[0])
+            Di, Dh, Ds = lane_jacobians(cell, gi, gh, state)
+            D = torch.cat([Ds[..., :H] + Dh @ cell.weight_hh, Ds[..., H:]], -1)
+            I_t = torch.cat([Di[..., None] * torch.cat([x, one], 1)[:, None, None],
+                             Dh[..., None] * torch.cat([state[0], one], 1)[:, None, None]], -1)
+            J = (I_t + torch.einsum("bsr,brgv->bsgv", D, J)) * pattern[:, :, None]
+            state = cell(x, state)
+        out = net.readout(state[0]).detach().requires_grad_()
+        (d_out,) = torch.autograd.grad(batch.loss(out[None], t, t + 1), out)
+        delta = torch.cat([d_out @ net.readout.weight.detach()] + [torch.zeros_like(c) for c in state[1:]], 1)
+        grad += torch.einsum("bs,bsgv->gv", delta, J)
+        readout[0] += d_out.T @ state[0]
+        readout[1] += d_out.sum(0)
+    by_name = {"cell.weight_ih": grad[:, :I], "cell.bias_ih": grad[:, I], "cell.weight_hh": grad[:, I + 1:I + 1 + H],
+               "cell.bias_hh": grad[:, I + 1 + H], "readout.weight": readout[0], "readout.bias": readout[1]}
+    return [by_name[n] for n, _ in net.named_parameters()]
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_snap1_is_the_papers_masked_recursion_on_the_units_block(cell):
+    """snap1 = RTRL's recursion masked to the pattern "row g of unit k -> unit k's state (h_k; and c_k for
+    the LSTM)". For the LSTM that is I_t's pattern plus the o rows' entries on c_k (the o gate reaches c_k
+    only after a step); the stricter I_t pattern is another estimator, and not exact with diagonal W_hh."""
+    net, batch = network(cell), regression_batch(7, 3)
+    n = len(net.cell.state_names)
+    pattern = unit_mask(net.cell).T.repeat(n, 1)                     # [S, G]: unit(s) == unit(g)
+    _, grads = METHODS.get("snap1")().gradient(net, batch, None)
+    assert rel_err(grads, snap_masked_rtrl(net, batch, pattern)) < 1e-10
+    if cell == "lstm":
+        strict = pattern.clone()
+        strict[HIDDEN:, 3 * HIDDEN:] = 0                              # o rows on c: zero in I_t
+        assert rel_err(grads, snap_masked_rtrl(net, batch, strict)) > 1e-4
+        diagonal_recurrent_weights(net)
+        assert rel_err(snap_masked_rtrl(net, batch, strict), reference_gradient(net, batch)) > 1e-4
+        assert rel_err(snap_masked_rtrl(net, batch, pattern), reference_gradient(net, batch)) < 1e-10
 
 
 # --- e-prop ------------------------------------------------------------------------------------------
@@ -222,9 +273,42 @@ def test_state_bytes_are_the_unit_influence_and_do_not_grow(name, cell, copies):
     assert sizes[0] == sizes[1] == int(copies * 2 * cell_params * 8)   # batch 2, float64
 
 
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("name,cell", [
+    ("snap1", "lstm"), ("snap1", "gru"), ("eprop", "lstm"), ("eprop", "leaky"), ("eprop", "rnn"), ("rflo", "leaky"),
+    ("rtrl", "gru"), ("uoro", "rnn"), ("kf_rtrl", "leaky"),   # the same base (harness/online.py)
+])
+def test_each_update_applies_its_windows_gradient(name, cell, every):
+    """update_every=k: update j applies the gradient of window j only (what came before it was applied
+    already), the last, partial, window included, with the sequence's normaliser (DESIGN.md). At lr=0
+    (parameters fixed) the first j updates sum to the estimate over the sequence with the loss cut after
+    window j (the same signs for uoro and kf_rtrl: one draw per step, with or without loss), rescaled
+    from that batch's normaliser to the whole one's. A count of updates alone would pass a method that
+    applied everything at the last update, or every earlier window again at each update."""
+    net, batch = network(cell), regression_batch(7, 3)
+    applied = []
+
+    class Recording(Updater):
+        def apply(self, grads=None):
+            applied.append([g.clone() for g in grads])
+            super().apply(grads)
+
+    updater = Recording(net, torch.optim.SGD(net.parameters(), lr=0.0), clip=None)
+    METHODS.get(name)(update_every=every).train_step(net, batch, updater, torch.Generator().manual_seed(0))
+    assert len(applied) == -(-batch.num_steps // every)
+    so_far = [torch.zeros_like(p) for p in net.parameters()]
+    for j, window in enumerate(applied):
+        so_far = [a + w for a, w in zip(so_far, window)]
+        mask = batch.mask.clone()
+        mask[(j + 1) * every:] = 0
+        cut = Batch(batch.x, batch.y, mask, mask.clone(), batch.loss_kind)
+        _, expected = METHODS.get(name)().gradient(net, cut, torch.Generator().manual_seed(0))
+        scale = float(cut.normaliser / batch.normaliser)
+        assert rel_err(so_far, [g * scale for g in expected]) < 1e-12, f"update {j + 1}"
+
+
 @pytest.mark.parametrize("name,cell", [("snap1", "gru"), ("eprop", "lstm"), ("rflo", "leaky")])
 def test_fully_online_updates_every_step(name, cell):
-    from harness.method import Updater
     method, net, batch = METHODS.get(name)(update_every=1), network(cell), regression_batch(4, 2)
     updater = Updater(net, torch.optim.SGD(net.parameters(), lr=1e-2), clip=None)
     method.train_step(net, batch, updater, torch.Generator().manual_seed(0))
