@@ -15,7 +15,8 @@ past: with hidden state h_j^t (what unit j carries to t + 1 directly) and observ
 
 Symmetric e-prop takes the readout's own weights as feedback, L^t = W_out^T dE_t/dy^t: the exact
 immediate derivative delta_t = d loss_t / d h_t (harness/online.py; for the squared error, Bellec's
-sum_k W^out_kj (y_k^t - y*_k^t) up to the loss's normaliser). Per cell (the rows g = j H + k of W_ih,
+sum_k W^out_kj (y_k^t - y*_k^t) up to the loss's normaliser). The readout has no leak (Bellec et al.'s
+kappa = 0), so their filtered traces are the plain e^t. Per cell (the rows g = j H + k of W_ih,
 b_ih, W_hh, b_hh feed unit j = k; v_t = [x_t; 1; h_{t-1}; 1] is the row's input):
 - LSTM (hidden state c, observable h = o tanh(c); below): eps^t = f^t eps^{t-1} + (d c^t / d pre) v_t
   for the i, f, g rows, d c / d pre being g sigma'(i), c^{t-1} sigma'(f), i tanh'(g); e^t = o^t
@@ -60,7 +61,7 @@ class EProp(UnitwiseInfluence):
         if not self.lstm:
             return super().begin(cell, B)
         H = cell.hidden_size
-        self.eps = self.zeroed_buffer("eps", (3 * H, B, cell.input_size + H + 2), cell.weight_hh)
+        self.epsilon = self.zeroed_buffer("epsilon", (3 * H, B, cell.input_size + H + 2), cell.weight_hh)
 
     def advance(self, cell, x, prev, new, rng):
         if not self.lstm:
@@ -68,7 +69,7 @@ class EProp(UnitwiseInfluence):
         lstm = lstm_parts(*preactivations(cell, x, prev[0]), prev[1])
         v = self.input_vector(x, prev[0])
         # eps^t = f^t eps^{t-1} + (d c^t / d pre) v^t
-        self.eps.mul_(unit_rows(lstm.f, 3)).addcmul_(lstm.dc_dpre.T.contiguous()[:, :, None], v[None])
+        self.epsilon.mul_(unit_rows(lstm.f, 3)).addcmul_(lstm.dc_dpre.T.contiguous()[:, :, None], v[None])
         self.step_terms = (lstm, v)
 
     def credit(self, signal):
@@ -78,8 +79,8 @@ class EProp(UnitwiseInfluence):
         H = lstm.f.shape[1]
         L = signal[:, :H]                                   # L^t (the signal on c is zero: the readout reads h)
         # i, f, g rows: e^t = o tanh'(c^t) eps^t; o rows: e^t = sigma'(o) tanh(c^t) v^t
-        self.grad[:3 * H] += torch.bmm(unit_rows(L * lstm.dh_dc, 3).view(3 * H, 1, -1), self.eps)[:, 0]
+        self.grad[:3 * H] += torch.bmm(unit_rows(L * lstm.dh_dc, 3).view(3 * H, 1, -1), self.epsilon)[:, 0]
         self.grad[3 * H:] += (L * lstm.dh_dpre_o).T @ v
 
     def carried(self):
-        return [self.eps] if self.lstm else super().carried()
+        return [self.epsilon] if self.lstm else super().carried()
