@@ -9,7 +9,9 @@ and the file replaced.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import inspect
 import json
 import os
@@ -21,30 +23,71 @@ from pathlib import Path
 from .schema import InvalidRecord, check
 
 HARNESS = Path(__file__).resolve().parent
-# Code whose change changes a result; editing tables, plots or the command line does not rerun.
+# Code whose change changes every result; editing tables, plots or the command line does not rerun.
 MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "runner.py", "credit.py",
-             "trajectory.py", "online.py", "jacobians.py"]
+             "trajectory.py"]
+# harness modules that compute for the methods that import them (the online methods' base and
+# Jacobians): part of those methods' hash only
+COMPUTING = {"online.py", "jacobians.py"}
 
 
 def source_hash(*classes) -> str:
     h = hashlib.sha256()
     for name in MEASURING:
         h.update((HARNESS / name).read_bytes())
-    seen = set()
+    files: list[Path] = []
     for cls in classes:
         # the class's module and those of the classes it builds on (a variant subclassing another
-        # method reruns when that method changes); harness's own files are in MEASURING
+        # method reruns when that method changes), and what they import from beside them
         for base in cls.__mro__:
             module = inspect.getmodule(base)
             name = getattr(module, "__name__", "builtins")
-            if name in seen or name == "builtins" or name.split(".")[0] == "harness":
+            if name == "builtins" or name.split(".")[0] == "harness":
                 continue
-            seen.add(name)
-            h.update(inspect.getsource(module).encode())
-            # helper modules beside it (methods/_unitwise.py, ...) are part of what it computes
-            for helper in sorted(Path(inspect.getfile(module)).parent.glob("_*.py")):
-                h.update(helper.read_bytes())
+            _code_files(Path(inspect.getfile(module)).resolve(), name, files)
+    for path in files:
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _code_files(path: Path, module: str, found: list[Path]) -> None:
+    """The module's file and, recursively, those of the modules it imports from its own folder
+    (methods/_unitwise.py for snap1, methods/_sab_network.py for sab) and the computing harness
+    modules it imports (harness/online.py): a helper counts for the methods that use it, not for
+    every method beside it (an edit of SAB's network no longer reruns bptt). Imports are read from
+    the source, functions' own included, and located without being run, so the hash does not
+    depend on what a process happens to have imported."""
+    if path in found:
+        return
+    found.append(path)
+    for name in _imported_names(path, module):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, AttributeError, ValueError):   # an attribute, not a module
+            continue
+        if spec is None or not spec.has_location or not spec.origin:
+            continue
+        file = Path(spec.origin).resolve()
+        beside = file.parent == path.parent and path.parent != HARNESS
+        if file.suffix == ".py" and (beside or (file.parent == HARNESS and file.name in COMPUTING)):
+            _code_files(file, name, found)
+
+
+def _imported_names(path: Path, module: str) -> list[str]:
+    """Absolute names of what the module's source imports (`from harness import online` yields
+    harness and harness.online: the name may be a module)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:   # relative: from ._sab_network import ...
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in parts + [node.module or ""] if p)
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def config_hash(config: dict, code: str) -> str:

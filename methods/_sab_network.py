@@ -85,32 +85,35 @@ class _Link(torch.autograd.Function):
 
 
 class Trace:
-    """What a diagnostic pass records (SABNetwork.tracing): per read the chosen rows' scores and
-    weights, per write the norms of the stored states. Plain tensors without gradient only, so that
+    """What a diagnostic pass records (SABNetwork.tracing): per read the chosen rows' scores, weights
+    and thresholds, per write the norms of the stored states. Plain tensors without gradient only, so that
     holding it keeps no graph alive."""
 
     def __init__(self):
         self.reads, self.stored_norms = [], []
 
-    def read(self, a: torch.Tensor, w: torch.Tensor, long: bool) -> None:
-        self.reads.append((a.detach().clone(), w.detach().clone(), long))
+    def read(self, a: torch.Tensor, w: torch.Tensor, threshold: torch.Tensor | None) -> None:
+        """`threshold`: the score each of a's entries is thresholded against (None: a short-memory read)."""
+        kept = None if threshold is None else threshold.detach().clone()
+        self.reads.append((a.detach().clone(), w.detach().clone(), kept))
 
     def write(self, m: torch.Tensor) -> None:
         self.stored_norms.append(m.detach().norm(dim=1))
 
     def figures(self) -> dict[str, float]:
         """Attention entropy (of the positive weights, normalised, per read and lane), memories with
-        nonzero weight per read, the spread s = sum_j (a_j - a_(k+1)) of the long-memory reads
-        (median), and the stored states' norms (mean, max), each over every read and lane."""
+        nonzero weight per read, the spread s = sum_j relu(a_j - the score memory j is thresholded
+        against) of the long-memory reads (median), and the stored states' norms (mean, max), each over
+        every read and lane."""
         out, entropies, counts, spreads = {}, [], [], []
-        for a, w, long in self.reads:
+        for a, w, threshold in self.reads:
             pos = w.clamp_min(0)
             total = pos.sum(1)
             counts.append((w != 0).sum(1).double())
             p = pos[total > 0] / total[total > 0, None]
             entropies.append(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(1).double())
-            if long:
-                spreads.append((a - a[:, -1:]).clamp_min(0).sum(1).double())
+            if threshold is not None:
+                spreads.append((a - threshold).clamp_min(0).sum(1).double())
         if counts:
             out["attention_entropy"] = float(torch.cat(entropies).mean())
             out["memories_read"] = float(torch.cat(counts).mean())
@@ -333,6 +336,11 @@ class Sparsifier:
             self.to_scores[:, -1] -= 1
         self._cast = {}
 
+    def threshold(self, a: torch.Tensor) -> torch.Tensor:
+        """The score each of a long read's chosen scores is thresholded against (before the release's
+        1e-7): the last, a_n."""
+        return a[:, -1:]
+
     def _matrix(self, like):
         key = (like.dtype, like.device)
         if key not in self._cast:
@@ -390,6 +398,12 @@ class LiteralReleaseSparsifier(Sparsifier):
         w = w.div_(Z)
         return w, (w, w.sign().div_(Z), source, kth)
 
+    def threshold(self, a):
+        """Memory t of row b: row (b T + t) mod B's k-th score."""
+        B, M = a.shape
+        kth = a.topk(self.k_top, dim=1).values[:, -1]
+        return kth[(torch.arange(B, device=a.device)[:, None] * M + torch.arange(M, device=a.device)) % B]
+
     def backward(self, g_w, w, aux):
         if not aux:
             return g_w
@@ -410,7 +424,7 @@ class _AttentionStep(torch.autograd.Function):
     def forward(ctx, scorer, sparsifier, memory, with_r, handle, h_hat, q, *params):
         idx, flat, a, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
         if memory.trace is not None:
-            memory.trace.read(a, w, memory.size > sparsifier.k_top)
+            memory.trace.read(a, w, sparsifier.threshold(a) if memory.size > sparsifier.k_top else None)
         ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
         ctx.n_aux, ctx.n_extra = len(aux), len(extra)
         ctx.width = memory.width

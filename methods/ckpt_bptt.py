@@ -131,7 +131,7 @@ class CheckpointedBPTT(Method):
 
     def check(self, spec):
         if self.memory:
-            hsm_plan(spec.num_steps, self.memory)   # planned before training
+            hsm_plan(spec.num_steps, min(self.memory, spec.num_steps))   # planned before training
 
     def segments(self, L):
         """(start, end) of each segment; the last may be shorter."""
@@ -156,9 +156,11 @@ class CheckpointedBPTT(Method):
             checkpoints.pop()
 
     def _by_memory(self, sweep, carry):
-        _, Y = hsm_plan(sweep.batch.num_steps, self.memory)
+        L = sweep.batch.num_steps
+        m = min(self.memory, L)    # more slots than steps cannot help: Q(t, k) = Q(t, t) for k >= t
+        _, Y = hsm_plan(L, m)
         # (start, steps, slots, carry at start); slots == 0: one step, from the carry `steps` before it
-        tasks = [(0, sweep.batch.num_steps, self.memory, carry)]
+        tasks = [(0, L, m, carry)]
         while tasks:
             self._held({id(c[3]): c[3] for c in tasks}.values(), sweep.outs, sweep.d_out)
             s, t, k, carry = tasks.pop()

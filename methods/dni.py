@@ -1,6 +1,6 @@
 """Decoupled neural interfaces with synthetic gradients at the truncation boundaries (Jaderberg,
 Czarnecki, Osindero, Vinyals, Graves, Silver and Kavukcuoglu, "Decoupled neural interfaces using
-synthetic gradients", ICML 2017, section 3.3: the recurrent case).
+synthetic gradients", ICML 2017, section 2.1: the recurrent case; its experiments in section 3.1).
 
 The sequence is cut into windows of k steps, as TBPTT(k) cuts it, with one update per window. A
 small model M (the synthesiser; linear by default) maps the carried state s (the cell's state, e.g.

@@ -6,7 +6,7 @@ import torch
 
 from harness.config import ConfigError
 from harness.fidelity import flat, reference_gradient
-from harness.method import Updater
+from harness.method import RunSpec, Updater
 from harness.models import build_network
 from harness.registry import METHODS
 from methods.ckpt_bptt import hsm_plan
@@ -100,3 +100,18 @@ def test_credit_by_lag_is_bptts(segment):
     ref = credit.measure(METHODS.get("bptt")(), net, batch, torch.Generator().manual_seed(0))
     assert ours["terms"] == ref["terms"]
     assert ours["norm"] == pytest.approx(ref["norm"], rel=1e-12, abs=1e-300)
+
+
+def test_memory_beyond_the_sequence_stores_every_carry():
+    """More slots than steps cannot help (Q(t, k) = Q(t, t) for k >= t): the plan is made for
+    min(memory, L), so a budget far beyond L is bptt's schedule (each step once forward, once rerun),
+    not a table with a column per slot (at memory=10**12, 182 TiB)."""
+    task, batch = tiny_batch("copy", seq_len=4, batch=2)    # L = 24
+    torch.manual_seed(0)
+    net = build_network("gru", task.input_size, 3, task.output_size).double()
+    method = CKPT(memory=10**12)
+    method.check(RunSpec("gru", task.input_size, 3, task.output_size, 24, 2, torch.float64))
+    _, g = method.gradient(net, batch, None)
+    _, g_bptt = METHODS.get("bptt")().gradient(net, batch, None)
+    assert all(torch.equal(a, b) for a, b in zip(g, g_bptt))
+    assert method.steps == 2 * 24 - 1 and method.held == 24

@@ -125,3 +125,43 @@ def test_synthesiser_is_part_of_the_model():
     mlp = DNI(synthesiser="mlp").build_network(RunSpec("gru", 3, 8, 4, 20, 2))
     assert sum(p.numel() for p in mlp.synthesiser.parameters()) == 2 * (8 * 8 + 8)
     assert DNI().reference() == ("bptt", {})
+
+
+@pytest.mark.parametrize("synthesiser", ["linear", "mlp"])
+def test_synthesisers_gradient_is_the_bootstrapped_regressions(synthesiser):
+    """What train_step hands the optimizer for M at each boundary b > 0 (lr 0: nothing moves) is the
+    gradient of |M(s_b) - y_b|^2 / N with y_b = N d/ds_b (L_w + <0.1 M(s_e) / N, s_e>), written here
+    with autograd.grad's grad_outputs: the middle boundary bootstraps from M's prediction at the next."""
+    task, batch = tiny_batch("copy", seq_len=4, batch=3)    # L = 24, windows of 8: boundaries at 8, 16
+    spec = RunSpec("lstm", task.input_size, 5, task.output_size, 24, 3, torch.float64)
+    method = DNI(k=8, synthesiser=synthesiser)
+    torch.manual_seed(0)
+    net = method.build_network(spec).to(torch.float64)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in net.synthesiser.parameters():
+            p.normal_(0, 0.3)
+    synth, N, S = list(net.synthesiser.parameters()), batch.normaliser, 10
+    expected, carry = [], net.init_carry(3)
+    for b in range(0, 24, 8):
+        start = tuple(c.detach().requires_grad_() for c in carry)
+        outs, end = run(net, batch.x, start, b, b + 8)
+        with torch.no_grad():
+            seeds = (0.1 * net.synthesiser(torch.cat(end, -1)) / S / N).split([5, 5], -1) if b + 8 < 24 \
+                else [torch.zeros_like(c) for c in end]
+        if b > 0:
+            y = torch.cat(torch.autograd.grad([batch.loss(outs, b, b + 8), *end], start, [None, *seeds]), -1) * N
+            prediction = net.synthesiser(torch.cat(detach(start), -1)) / S
+            expected.append(torch.autograd.grad((prediction - y).pow(2).sum() / N, synth))
+        carry = detach(end)
+    names, applied = [n for n, _ in net.named_parameters()], []
+
+    class Capture(Updater):
+        def apply(self, grads=None):
+            applied.append([g for n, g in zip(names, grads) if n.startswith("synthesiser.")])
+            super().apply(grads)
+    method.train_step(net, batch, Capture(net, torch.optim.SGD(net.parameters(), lr=0.0), None), None)
+    assert applied[0] == [None] * len(synth)                 # no target at the zero initial state
+    assert len(applied) == 3 and all(e.norm() > 0 for e in expected[0])
+    for want, got in zip(expected, applied[1:]):
+        assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(want, got))

@@ -505,6 +505,43 @@ def test_diagnostics_match_an_independent_pass(variant, scorer):
     assert d["score_spread_median"] > 0
 
 
+def naive_scores(net, h_hat, memory):
+    """Every memory's score [B, |M|], written from the scorers' formulas."""
+    Mt, sc = memory.rows(), net.scorer   # [M, B, H]
+    if hasattr(sc, "w"):   # separable, the release's
+        return (torch.tanh(torch.cat([h_hat.expand_as(Mt), Mt], -1)) @ sc.w).T
+    return (torch.tanh(Mt @ sc.key_proj.weight.T + h_hat @ sc.query_proj.weight.T + sc.query_proj.bias) @ sc.v).T
+
+
+@pytest.mark.parametrize("variant", ["paper", "released", "released_literal"])
+def test_diagnostics_spread_is_over_the_threshold_each_memory_is_compared_with(variant):
+    """score_spread_median is the median, over long-memory reads and lanes, of s = sum_j relu(a_j - the
+    score memory j is thresholded against): the row's (k_top+1)-th (paper) or k_top-th (released) score,
+    and for released_literal the k_top-th score of row (b |M| + j) mod B (the flattened subtraction)."""
+    k_top = 2
+    method, net, batch = make("lstm", seq_len=5, batch=3, k_trunc=3, k_top=k_top, k_att=1, variant=variant)
+    if variant.startswith("released"):   # scores far enough apart that the rows' thresholds differ clearly
+        with torch.no_grad():
+            net.scorer.w.mul_(100)
+    d = method.diagnostics(net, batch)
+    B, spreads = batch.batch_size, []
+    with torch.no_grad():
+        carry = net.init_carry(B)
+        for t in range(batch.num_steps):
+            h_hat, memory = net.cell(batch.x[t], carry[0])[0], carry[1]
+            if memory.size > k_top:
+                a = naive_scores(net, h_hat, memory)                     # [B, M]
+                kth = a.sort(1, descending=True).values[:, k_top if variant == "paper" else k_top - 1]
+                M = a.shape[1]
+                source = (torch.arange(B)[:, None] * M + torch.arange(M)) % B if variant == "released_literal" \
+                    else torch.arange(B)[:, None].expand(B, M)
+                spreads.append((a - kth[source]).clamp_min(0).sum(1))
+            carry = net.step(batch.x[t], carry)[1]
+    expected = float(torch.cat(spreads).median())
+    assert expected > 0
+    assert d["score_spread_median"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_diagnostics_are_recorded_in_every_curve_point(tmp_path):
     code = cli.main(["--methods", "sab[k_trunc=3,k_top=2,k_att=2]", "--tasks", "copy", "--seq-len", "3",
                      "--hidden", "4", "--batch", "2", "--steps", "4", "--seeds", "1", "--eval-every", "2",

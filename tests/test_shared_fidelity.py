@@ -302,7 +302,8 @@ def test_a_method_file_moved_elsewhere_is_the_same_method(tmp_path, capsys, monk
     for d in ("a", "b", "c"):
         (tmp_path / d).mkdir()
         shutil.copy(NOISY, tmp_path / d / "noisy.py")
-    (tmp_path / "b" / "_helper.py").write_text("X = 1\n")              # beside it: part of its code hash
+    with open(tmp_path / "b" / "noisy.py", "a") as f:                  # other code: a different code hash
+        f.write("\n# an edit\n")
     out = tmp_path / "out"
     tiny = [*TINY, "--no-reference", "--out", str(out)]
     assert as_a_new_process("--methods", str(tmp_path / "a" / "noisy.py"), *tiny) == 0
@@ -314,7 +315,7 @@ def test_a_method_file_moved_elsewhere_is_the_same_method(tmp_path, capsys, monk
     (first,) = records(out)
     first.update(finished="2000-01-01T00:00:00", final={**first["final"], "score": 0.5})   # older, and told apart
     store.save(out, first)
-    # the same name, other code (a new helper beside it, as methods/_*.py are): a new record of the same run
+    # the same name, other code (the edited copy): a new record of the same run
     assert as_a_new_process("--methods", "b/noisy.py", *tiny) == 0
     second = [r for r in records(out) if r["hash"] != first["hash"]][0]
     assert second["code_hash"] != first["code_hash"] and store.identity(second) == store.identity(first)
