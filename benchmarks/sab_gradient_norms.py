@@ -3,8 +3,8 @@ reference gradient, full BPTT through the SAB network) on copy, LSTM 128, batch 
 parameter group, with what each candidate remedy does to it.
 
 For every configuration and seed (initialised and batched exactly as the runner does): |g*| overall
-and for the cell, the scorer and the readout; the spread s = sum_j (a_j - a_(k_top+1)) of the top
-scores over the threshold (the sparsifier's normaliser, median and minimum over the long-memory reads
+and for the cell, the scorer and the readout; the spread s = sum_j relu(a_j - threshold) of the top
+scores over the threshold each variant applies (the sparsifier's normaliser, median and minimum over the long-memory reads
 of the sequence: the weights' derivative is about 1/s, since w = relu(a - a_(k+1)) / s does not
 change when the scores are scaled); the norm of the stored memories (mean, max); and, with
 --floors, |g*| when the paper's normaliser max(s, floor) is floored higher than the default 1e-12.
@@ -33,7 +33,8 @@ CONFIGS = ("bptt;sab_bptt;sab_bptt[threshold_grad=false];sab_bptt[scorer=bilinea
 
 
 class SpreadRecorder:
-    """Records s = sum_j relu(a_j - a_n) of every long-memory read while installed."""
+    """Records s = sum_j relu(a_j - threshold_j) of every long-memory read while installed, against the
+    threshold the variant's sparsifier applies."""
 
     def __init__(self):
         self.spreads, self._orig = [], Sparsifier.forward
@@ -43,7 +44,7 @@ class SpreadRecorder:
 
         def forward(sparsifier, a, long):
             if long:
-                recorder.spreads.append((a - a[:, -1:]).clamp_min(0).sum(1))
+                recorder.spreads.append((a - sparsifier.threshold(a)).clamp_min(0).sum(1))
             return recorder._orig(sparsifier, a, long)
         Sparsifier.forward = forward
         return self

@@ -1,6 +1,7 @@
 """benchmarks/sab_vs_bptt.py's comparison as parametrised benchmarks: bptt on the plain LSTM,
 sab_bptt (full BPTT through the SAB network) and sab, copy at T = 100 and 1000 (L = T + 20), LSTM
-128, batch 32, k_trunc = 10, k_top = 5, k_att = 10, one thread (that script's defaults). Rounds are
+128, batch 32, k_trunc = 10, k_top = 5, k_att = 10 (one of that script's settings; it also times k_att = 2
+and both scorers), sab's default scorer, one thread. Rounds are
 paired with a bptt step, as in test_methods.py."""
 import pytest
 

@@ -124,7 +124,7 @@ def make_parser() -> Parser:
     p.add_argument("--data-file", type=Path, default=None,
                    help="data file, for the tasks that read one (their option data_file)")
     p.add_argument("--cell", choices=sorted(CELLS), default="lstm")
-    p.add_argument("--tau", type=float, default=None,
+    p.add_argument("--tau", type=number, default=None,
                    help="time constant of --cell leaky, h' = (1 - 1/tau) h + (1/tau) tanh(...); default "
                         f"{CELLS['leaky'].default_tau:g}")
     p.add_argument("--hidden", type=positive, default=64)
@@ -381,7 +381,8 @@ def _main(argv: list[str] | None) -> int:
         return error(exc)
     except interrupt.Interrupted:
         raise
-    except (SystemExit, KeyboardInterrupt) as exc:   # a method's or task's own checks: not an exit, not Ctrl-C
+    except (SystemExit, KeyboardInterrupt, Exception) as exc:   # a method's or task's own checks: not an exit,
+        # not Ctrl-C, and not a traceback (an out-of-tree method may raise ValueError where ours raise ConfigError)
         return error(f"checking the run list: the code of a method or task raised {type(exc).__name__}: {exc}")
 
     damaged: list = []
@@ -400,7 +401,8 @@ def _main(argv: list[str] | None) -> int:
             return write_failed(exc, out)
         print(text)
         print(f"\ntables: {out / 'summary.md'}, summary.csv, summary.tex")
-        return exit_code(records if configs is not None else [r for r in records if r])
+        # the newest record of each run decides, as in the tables (a failure from older code, rerun since, does not)
+        return exit_code(store.newest(records))
 
     done = [] if args.force else [c for c in configs if store.is_finished(out, c.key())]
     done_keys = {c.key() for c in done}
@@ -427,9 +429,9 @@ def _main(argv: list[str] | None) -> int:
               f"the same command runs the rest", file=sys.stderr)
         return EXIT_FAILED
 
-    shared = runner.fidelity_pass(configs, out, progress=not args.quiet)
-    records = [store.load(out, c.key(), damaged) for c in configs]
     try:
+        shared = runner.fidelity_pass(configs, out, progress=not args.quiet)
+        records = [store.load(out, c.key(), damaged) for c in configs]
         text = finish(out, records, len(damaged))
     except OSError as exc:
         return write_failed(exc, out)
@@ -446,6 +448,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"{shared['waiting']} runs have no shared-parameter fidelity: their reference trajectory is not "
               f"finished in {out / 'runs'}" + (" (--no-reference)" if args.no_reference else "")
               + "; their own-parameter figures (_own) are in the tables", file=sys.stderr)
+    if shared["busy"]:
+        print(f"{shared['busy']} runs were being written by another process and were left as they are; the same "
+              f"command measures their shared-parameter fidelity", file=sys.stderr)
     failed = [r for r in records if r and r.get("status") != "ok"]
     for r in failed:
         print(f"{r['status']}: {r.get('method_label', r['config']['method'])} on {r['config']['task']} "
@@ -488,7 +493,3 @@ def nothing_matches(args, configs: list[runner.RunConfig], records: list[dict]) 
     detail = "; ".join(reasons) if reasons else "no single option differs from every record: a combination does"
     return (f"no record in '{store.runs_dir(args.out)}' matches the selection ({len(records)} records there); {detail}")
 
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()

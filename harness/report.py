@@ -260,7 +260,8 @@ def plot_learning_curves(records: list[dict], x: str = "sequences"):
             grid, interpolated = _common_grid(xs, log=log_x)
             table = [np.interp(grid, xi, yi) if interpolated else yi for xi, yi in zip(xs, ys)]
             _band(ax, grid, table, st[label], label, markevery=max(1, len(grid) // 8), bounds=bounds)
-        ax.axhline(group[0]["chance"], color="0.3", linestyle=(0, (1, 2)), linewidth=1.2, label="chance")
+        if group[0].get("chance") is not None:   # optional in the schema
+            ax.axhline(group[0]["chance"], color="0.3", linestyle=(0, (1, 2)), linewidth=1.2, label="chance")
         if not group[0].get("higher_is_better", True):
             ax.set_yscale("log")
         ax.set(title=title, xlabel=X_AXES[x] + (" (log)" if log_x else ""), ylabel=metric_label(group[0]))

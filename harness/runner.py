@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as saved
-from . import credit, fidelity, interrupt, store, trajectory
+from . import credit, fidelity, interrupt, locks, store, trajectory
 from .config import ConfigError
 from .meters import SavedBytesMeter, StepTimer, cuda_peak, synchronize
 from .method import Method, RunSpec, Updater
@@ -411,8 +411,9 @@ def needs_shared_fidelity(record: dict | None, cfg: RunConfig) -> bool:
 def fidelity_pass(configs: list[RunConfig], out: Path, progress: bool = False) -> dict[str, int]:
     """Add the shared-parameter figures to every finished record of `configs` that lacks them (its
     reference finished after it: parallel executors), rewriting the record atomically. Returns
-    {"measured": n, "waiting": runs whose reference is not finished, "errors": n}."""
-    counts = {"measured": 0, "waiting": 0, "errors": 0}
+    {"measured": n, "waiting": runs whose reference is not finished, "busy": runs another process is
+    writing now, left as they are, "errors": n}. Raises OSError when a record cannot be written."""
+    counts = {"measured": 0, "waiting": 0, "busy": 0, "errors": 0}
     todo = [c for c in configs if needs_shared_fidelity(store.load(out, c.key()), c)]
     for cfg in tqdm(todo, desc="shared-parameter fidelity", disable=not progress or not todo):
         record = store.load(out, cfg.key())
@@ -423,14 +424,20 @@ def fidelity_pass(configs: list[RunConfig], out: Path, progress: bool = False) -
             print(f"warning: shared-parameter fidelity of {cfg.method} seed {cfg.seed}: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
             continue
-        if "fidelity" not in shared:
+        waiting = "fidelity" not in shared
+        if waiting and record.get("fidelity_reference") == shared["fidelity_reference"] and "fidelity" not in record:
             counts["waiting"] += 1
-            if record.get("fidelity_reference") == shared["fidelity_reference"] and "fidelity" not in record:
-                continue   # nothing new: the record stays as it is
-        else:
-            shared["fidelity_reference"]["measured"] = "after the sweep"
-            counts["measured"] += 1
-        store.save(out, {**{k: v for k, v in record.items() if k != "fidelity"}, **shared})
+            continue   # nothing new: the record stays as it is
+        # one writer per run: a run rewritten meanwhile (another command, --force) keeps its new record
+        with locks.run_lock(out, cfg.key(), wait=False) as free:
+            now = store.load(out, cfg.key()) if free is not None else None
+            if now is None or (now.get("started"), now.get("finished")) != (record.get("started"), record.get("finished")):
+                counts["busy"] += 1
+                continue
+            if not waiting:
+                shared["fidelity_reference"]["measured"] = "after the sweep"
+            counts["waiting" if waiting else "measured"] += 1
+            store.save(out, {**{k: v for k, v in record.items() if k != "fidelity"}, **shared})
     return counts
 
 

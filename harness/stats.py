@@ -32,7 +32,6 @@ from scipy import stats
 LEVEL = 0.95              # confidence level of every interval
 ALPHA = 0.05              # family-wise significance level of the verdicts of one group
 MIN_SEEDS = 3             # no interval and no test from fewer seeds
-MIN_SEEDS_FOR_TEST = MIN_SEEDS
 
 # what a score can take, by the records' `metric`; anything else is unbounded
 RANGES = {"accuracy": (0.0, 1.0), "mse": (0.0, np.inf), "nmse": (0.0, np.inf), "bits": (0.0, np.inf)}

@@ -60,7 +60,7 @@ def fidelity_figures(r: dict) -> dict:
     """The fidelity columns of one record: at the shared parameters of its reference trajectory
     (`fidelity`) and at its own (`_own`); at the end of training, and at step 0 (`_init`). Records
     made before shared parameters (no `fidelity_reference`) hold own-parameter figures only."""
-    steps = r["config"]["steps"]
+    steps = r["config"].get("steps")   # optional in the schema: without it no entry counts as the end
     info = r.get("fidelity_reference")
     shared = r.get("fidelity") if info and "fidelity" in r else []
     own = r.get("fidelity_own") if "fidelity_own" in r else ([] if info else r.get("fidelity") or [])

@@ -119,7 +119,10 @@ def select(records: list[dict]) -> tuple[list[dict], pd.DataFrame]:
             label = ",".join(f"{k}={_value_text(dict(values)[k])}" for k in varying)
             scored.append((mean, label, rs))
         finite = [s for s in scored if s[0] is not None]
-        best = (max if higher else min)(finite, key=lambda s: s[0]) if finite else scored[0]
+        # a value where a seed diverged or failed is not chosen over one where every seed finished: its
+        # mean is over the seeds that survived it
+        whole = [s for s in finite if all(r.get("status") == "ok" for r in s[2])] or finite
+        best = (max if higher else min)(whole, key=lambda s: s[0]) if whole else scored[0]
         first = group[0]
         for mean, label, rs in scored:
             rows.append({"method": first.get("method_label") or first["config"]["method"],

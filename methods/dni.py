@@ -22,7 +22,8 @@ Three choices the paper's algorithm leaves to the implementation, each needed fo
   one seed, 60 steps): undiscounted (scale=1), M's output grew without bound before the 1/S below,
   and with it the estimate's relative error to the exact gradient was 2 to 10, against 0.05 to 0.13
   with scale=0.1. 0.1 is the factor public reimplementations give for the paper's recurrent
-  experiments; scale=0 is tbptt[k] (M is trained but never used).
+  experiments; scale=0 is tbptt[k] (M is trained but never used) without clipping: M's gradient
+  shares the network's clip norm, so a clip that acts scales the network's step differently.
 - M works per lane and per unit of loss: it predicts N times the gradient, the gradient of the sum of
   its lane's future per-position losses, of order one whatever the batch size and L. Regressed on
   the normalised gradient (targets of order 1/N), Adam's steps, of order lr whatever the gradient's

@@ -45,8 +45,8 @@ class RFLO(EProp):
         **ONLINE_PARAMS,
         "feedback": Param("random", str, "random: a fixed random matrix B (RFLO); readout: B = W_out^T (exact "
                           "learning signal: e-prop on the leaky RNN)", choices=("random", "readout")),
-        "feedback_seed": Param(0, int, "seed of the random feedback matrix B", check=lambda v: v >= 0,
-                               allowed="an integer >= 0"),
+        "feedback_seed": Param(0, int, "seed of the random feedback matrix B", check=lambda v: 0 <= v < 2**64,
+                               allowed="an integer in [0, 2**64)"),
     }
     cells = ("leaky",)
     test_params = [{}, {"feedback": "readout", "update_every": 2}]

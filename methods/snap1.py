@@ -26,9 +26,10 @@ D_t[k, k] = (1 - a) + a (1 - tanh(u_t,k)^2) W_hh[k, k]. GRU: the direct term is 
 
 Exact where the kept pattern is closed under the dynamics: when every gate block of W_hh is diagonal,
 unit k's state depends only on unit k's past, D_t is block-diagonal per unit and SnAp-1 is RTRL (every
-cell; the conformance suite checks it). Cost per step and lane O(S_unit P), the order of one step of
-BPTT (measured against it in the README); carried state the B x S_unit x P influence entries
-(S_unit = 2 for the LSTM, 1 otherwise).
+cell; the conformance suite checks it). Cost per step and lane O(S_unit^2 P) (the S_unit x S_unit
+block mixes the components), the order of one step of BPTT for S_unit = 1 (measured against it in the
+README); carried state the B x S_unit x P influence entries (S_unit = 2 for the LSTM, 1 otherwise),
+and for the LSTM a workspace of the same size while a step mixes them (transient, not state bytes).
 """
 from harness.method import Regime, diagonal_recurrent_weights
 from harness.online import ONLINE_PARAMS

@@ -1,6 +1,8 @@
 """ckpt_bptt: the exact gradient in float64 whatever the schedule (segments of k steps, or Gruslys et
 al.'s memory budget), bitwise bptt's gradient and training trajectory on CPU (same kernels, same order
 of accumulation); the memory schedule runs the planned number of steps within its budget."""
+import functools
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ SCHEDULES = [{}, {"segment": 1}, {"segment": 3}, {"segment": 7}, {"segment": 24}
              {"memory": 1}, {"memory": 2}, {"memory": 3}, {"memory": 7}, {"memory": 24}, {"memory": 50}]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "leaky"])
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=[str(s) for s in SCHEDULES])
 def test_gradient_is_exact(cell, schedule):
     task, batch = tiny_batch("copy", seq_len=4, batch=3)   # L = 24
@@ -36,7 +38,7 @@ def test_segments_cover_the_sequence():
     assert CKPT(segment=30).segments(23) == [(0, 23)]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "leaky"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("schedule", [{}, {"segment": 3}, {"memory": 4}], ids=["default", "segment3", "memory4"])
 def test_training_trajectory_is_bitwise_bptts(cell, dtype, schedule):
@@ -67,8 +69,14 @@ def test_plan_recurrence():
     """Gruslys et al.'s table: with one slot every step reruns from the start, t (t + 1) / 2; with a slot
     per step, 2 t - 1 (each step once forward, once rerun); more slots never cost more; small cases by hand."""
     Q, Y = hsm_plan(40, 8)
-    t = torch.arange(1, 41).numpy()
-    assert (Q[1:, 1] == t * (t + 1) / 2).all()
+
+    @functools.lru_cache(maxsize=None)
+    def q(t, k):       # the paper's recursion from its own base cases only (the table shortcuts t <= k)
+        if t <= 1 or k == 1:
+            return t * (t + 1) // 2
+        return min(y + q(t - y, k - 1) + q(y, k) for y in range(1, t))
+
+    assert all(Q[n, k] == q(n, k) for n in range(41) for k in range(1, 9))
     assert all(Q[n, k] == 2 * n - 1 for k in range(1, 9) for n in range(1, k + 1))
     assert (Q[1:, 1:-1] >= Q[1:, 2:]).all()
     assert Q[3, 2] == 5 and Y[3, 2] == 1        # y=1: 1 + Q(2,1)=3 + Q(1,2)=1; y=2: 2 + 1 + Q(2,2)=3 = 6
@@ -103,15 +111,16 @@ def test_credit_by_lag_is_bptts(segment):
 
 
 def test_memory_beyond_the_sequence_stores_every_carry():
-    """More slots than steps cannot help (Q(t, k) = Q(t, t) for k >= t): the plan is made for
-    min(memory, L), so a budget far beyond L is bptt's schedule (each step once forward, once rerun),
-    not a table with a column per slot (at memory=10**12, 182 TiB)."""
+    """More slots than steps cannot help (Q(t, k) = Q(t, t) for k >= t): a budget of L or more stores
+    every carry, 2 L - 1 step evaluations (each step once forward, once rerun), with no table (one
+    with a column per slot at memory=10**12 would take 182 TiB; even min(m, L) columns is O(L^3))."""
     task, batch = tiny_batch("copy", seq_len=4, batch=2)    # L = 24
     torch.manual_seed(0)
     net = build_network("gru", task.input_size, 3, task.output_size).double()
-    method = CKPT(memory=10**12)
+    method, planned = CKPT(memory=10**12), hsm_plan.cache_info()
     method.check(RunSpec("gru", task.input_size, 3, task.output_size, 24, 2, torch.float64))
     _, g = method.gradient(net, batch, None)
+    assert hsm_plan.cache_info() == planned                   # no table was made
     _, g_bptt = METHODS.get("bptt")().gradient(net, batch, None)
     assert all(torch.equal(a, b) for a, b in zip(g, g_bptt))
     assert method.steps == 2 * 24 - 1 and method.held == 24

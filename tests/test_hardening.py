@@ -235,6 +235,30 @@ def test_4_exit_code_says_whether_a_run_failed(tmp_path, modes, code):
     assert cli.main(["--collect", "--out", str(tmp_path), "--quiet"]) == code
 
 
+def test_4_collect_exit_code_follows_the_newest_record_of_each_run(finished, tmp_path):
+    """A failure from older code that a later run replaced is stale, as in the tables: it does not fail --collect."""
+    out = copy_of(finished, tmp_path)
+    key, record = next(iter(finished[1].items()))
+    old = {**FAILED, "hash": "older" + key, "config": record["config"], "finished": "2000-01-01T00:00:00"}
+    (out / "runs" / f"{old['hash']}.json").write_text(json.dumps(old))
+    assert cli.main(["--collect", "--out", str(out), "--quiet"]) == 0
+    assert "1 older records" in (out / "summary.md").read_text()
+    (out / "runs" / f"{old['hash']}.json").write_text(json.dumps({**old, "finished": "2999-01-01T00:00:00"}))
+    assert cli.main(["--collect", "--out", str(out), "--quiet"]) == 1
+
+
+def test_3_a_record_without_its_optional_fields_is_tabled_and_plotted(finished, tmp_path):
+    """The schema lets `steps` and `chance` be missing (older versions): tables and figures do without them."""
+    out = copy_of(finished, tmp_path)
+    for key, r in finished[1].items():
+        r = json.loads(json.dumps(r))
+        r["config"].pop("steps"), r.pop("chance")
+        schema.check(r)
+        (out / "runs" / f"{key}.json").write_text(json.dumps(r))
+    assert cli.main(["--collect", "--out", str(out), "--quiet"]) == 0
+    assert report.main([str(out)]) == 0
+    assert (out / "figures" / "learning_updates.png").exists()
+
 def test_5_systemexit_and_keyboardinterrupt_from_method_code_are_failed_runs(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["--methods", f"{NOISY}[mode=[exit,interrupt]],tbptt[k=2]", *TINY, "--seeds", "1",
@@ -260,10 +284,14 @@ class ExitsOnCheck(Method):
 """
 
 
-def test_5_systemexit_from_method_code_while_the_run_list_is_checked_is_bad_input(tmp_path, capsys):
-    (tmp_path / "exits.py").write_text(EXITS_ON_CHECK)
-    assert cli.main(["--methods", str(tmp_path / "exits.py"), *TINY, "--out", str(tmp_path / "out")]) == 2
-    one_line_error(capsys, "the code of a method or task raised SystemExit")
+@pytest.mark.parametrize("raised", ["SystemExit(0)", "ValueError('k must be odd')"])
+def test_5_an_exception_from_method_code_while_the_run_list_is_checked_is_bad_input(tmp_path, capsys, raised):
+    kind = raised.split("(")[0].lower()     # a method name per case: the registry keeps what it loaded
+    source = EXITS_ON_CHECK.replace("SystemExit(0)", raised).replace("exits_on_check", f"raises_{kind}_on_check")
+    (tmp_path / f"raises_{kind}.py").write_text(source)
+    assert cli.main(["--methods", str(tmp_path / f"raises_{kind}.py"), *TINY, "--out", str(tmp_path / "out")]) == 2
+    one_line_error(capsys, f"the code of a method or task raised {raised.split('(')[0]}")
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
 
 
 # --- 6, 11. the output folder ---------------------------------------------------------------------
@@ -391,6 +419,8 @@ def test_7_a_directory_as_sweep_file(tmp_path, capsys):
     (["--methods", "tbptt[k=5_0]"], "k='5_0' is not a positive integer"),
     (["--methods", "bptt", "--hidden", "5_0"], "'5_0' is not an integer"),
     (["--methods", "bptt", "--tasks", "mimic[tau=inf]"], "tau=inf is not a number >= 1 (not finite)"),
+    (["--methods", "bptt", "--cell", "leaky", "--tau", "1_0"], "--tau: '1_0' is not a finite number"),
+    (["--methods", "bptt", "--cell", "leaky", "--tau", "inf"], "--tau: 'inf' is not a finite number"),
     (["--methods", "bp\ntt"], "unknown method 'bp\\ntt'"),
 ])
 def test_8_9_options_and_limits_are_one_line_errors_before_anything_runs(tmp_path, capsys, args, message):

@@ -255,6 +255,12 @@ def test_rflo_refuses_other_cells_with_its_own_reason(cell):
     assert "\n" not in str(info.value) and "factorisation" not in str(info.value)
 
 
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_rflo_refuses_a_feedback_seed_the_generator_cannot_take(seed):
+    with pytest.raises(ConfigError, match=r"feedback_seed.*\[0, 2\*\*64\)"):
+        METHODS.get("rflo")(feedback_seed=seed)
+
 # --- shared ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,cell,copies", [

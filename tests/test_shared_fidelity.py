@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import cli, fidelity, runner, store, summary, trajectory
+from harness import cli, fidelity, locks, runner, store, summary, trajectory
 from harness.method import Method, Updater
 from harness.models import build_network
 
@@ -103,9 +103,12 @@ def test_the_pass_after_a_sweep_gives_what_the_run_would_have_measured(tmp_path,
     assert ref.method == "bptt" and cfg.method == "tbptt"
     first = runner.run_config(cfg, tmp_path)                          # no trajectory yet
     assert "fidelity" not in first and first["fidelity_reference"]["pending"]
-    assert runner.fidelity_pass([ref, cfg], tmp_path) == {"measured": 0, "waiting": 1, "errors": 0}
+    assert runner.fidelity_pass([ref, cfg], tmp_path) == {"measured": 0, "waiting": 1, "busy": 0, "errors": 0}
     runner.run_config(ref, tmp_path)
-    assert runner.fidelity_pass([ref, cfg], tmp_path) == {"measured": 1, "waiting": 0, "errors": 0}
+    with locks.run_lock(tmp_path, cfg.key()):      # another process writing the run now: left to it
+        assert runner.fidelity_pass([ref, cfg], tmp_path) == {"measured": 0, "waiting": 0, "busy": 1, "errors": 0}
+    assert "fidelity" not in store.load(tmp_path, cfg.key())
+    assert runner.fidelity_pass([ref, cfg], tmp_path) == {"measured": 1, "waiting": 0, "busy": 0, "errors": 0}
     after = store.load(tmp_path, cfg.key())
     assert after["fidelity_reference"]["measured"] == "after the sweep"
     assert after["fidelity"] == runs["tbptt[k=2]"]["fidelity"]        # bitwise what the sweep measured in the run

@@ -379,6 +379,17 @@ def test_tuning_picks_on_validation_not_test():
     assert all("tuned" not in r for r in tuning.select(untuned)[0])
 
 
+
+def test_tuning_does_not_pick_a_value_where_a_seed_diverged():
+    """Its mean is over the seeds that survived it: one lucky seed must not win over three finished ones."""
+    recs = [fake("a", 1e-1, 0, val=0.99, test=0.99)]
+    recs += [{**fake("a", 1e-1, s, val=None, test=float("nan")), "status": "diverged"} for s in (1, 2)]
+    recs += [fake("a", 1e-3, s, val=0.8, test=0.8) for s in (0, 1, 2)]
+    assert {r["config"]["lr"] for r in tuning.select(recs)[0]} == {1e-3}
+    only = [fake("a", 1e-1, 0, val=0.9, test=0.9), {**fake("a", 1e-1, 1, val=None, test=0), "status": "diverged"},
+            fake("a", 1e-3, 0, val=0.5, test=0.5), {**fake("a", 1e-3, 1, val=None, test=0), "status": "failed"}]
+    assert {r["config"]["lr"] for r in tuning.select(only)[0]} == {1e-1}   # every value lost a seed: by the mean
+
 def test_tune_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["--methods", "bptt", *TINY, "--seeds", "2", "--tune", "lr=[1e-3,3e-2]", "--out", str(out)]) == 0
