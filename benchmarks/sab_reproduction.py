@@ -119,7 +119,7 @@ README = """# SAB reproduction, part "{name}": {title}
 
 Claim tested: {claim}
 
-- Commands (from the repository root; rerunning skips finished runs and rebuilds the tables):
+- Commands (from the repository root; rerunning with the code that made the records skips finished runs and rebuilds the tables; a run's key includes a hash of its code, so with later code the runs are made again):
 
 {cmds}
 
