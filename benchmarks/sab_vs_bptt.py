@@ -4,7 +4,10 @@ Per horizon T: `bptt` on the plain LSTM, then `sab` (and, with --sab-bptt, `sab_
 through the SAB network) for every scorer and every k_att asked for; ratios are to `bptt`. One
 training step = one batch of whole copy sequences (L = T + 20) with its parameter update. All the
 configurations of one horizon are stepped in interleaved rounds, so that the machine's changing load
-falls on all of them alike; after one warm-up step, each is timed --reps times. Two clocks: the
+falls on all of them alike; after one warm-up step, each is timed --reps times, every timed step
+from the same parameters and optimizer state (restored, untimed, before it): SAB's exact gradient
+overflows at T = 1000 (see the README), and a configuration whose first update makes its
+parameters NaN would otherwise be timed on NaNs, not on the arithmetic of training. Two clocks: the
 median wall-clock (what DESIGN.md reports), and the minimum CPU time of the thread (less disturbed
 by other processes on a shared machine; `time.thread_time`).
 
@@ -12,6 +15,7 @@ by other processes on a shared machine; `time.thread_time`).
     python benchmarks/sab_vs_bptt.py --seq-len 100 --reps 21 --out /tmp/t.md
 """
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -40,16 +44,24 @@ def prepare(method_name: str, params: dict, T: int, args):
     stream = task.stream(0, "train", args.batch)
     batch = next(stream)
     meter = SavedBytesMeter(list(net.parameters()) + batch.tensors())
+    start = copy.deepcopy((net.state_dict(), updater.optimizer.state_dict()))
     with meter.measure():
         method.train_step(net, batch, updater, None)
-    return {"step": lambda: method.train_step(net, next(stream), updater, None), "wall": [], "cpu": [],
-            "saved": meter.peak, "state": method.state_bytes(), "label": method.label}
+
+    def restore():
+        net.load_state_dict(start[0])
+        updater.optimizer.load_state_dict(start[1])
+        updater.take_norms()
+
+    return {"step": lambda: method.train_step(net, next(stream), updater, None), "restore": restore,
+            "wall": [], "cpu": [], "saved": meter.peak, "state": method.state_bytes(), "label": method.label}
 
 
 def measure_interleaved(runs: dict, reps: int) -> None:
-    """Time one step of each configuration in turn, reps times."""
+    """Time one step of each configuration in turn, reps times, each from the warm-up's parameters."""
     for _ in range(reps):
         for r in runs.values():
+            r["restore"]()
             w0, c0 = time.perf_counter(), time.thread_time()
             r["step"]()
             r["cpu"].append(time.thread_time() - c0)

@@ -35,6 +35,8 @@ from torch.nn import functional as F
 
 from harness.models import Cell, Network, detach
 
+from . import _sab_native
+
 EPS_PAPER = 1e-12     # default floor of the normaliser: the weights sum to exactly 1 unless all k_top tie with the threshold
 EPS_RELEASED = 1e-7   # the release adds this to the threshold and to the normaliser
 
@@ -47,11 +49,15 @@ class _GradStore:
     def __init__(self, batch_size: int):
         self.B, self.rows, self.grad = batch_size, 0, None
 
+    def buffer(self, like: torch.Tensor, width: int) -> torch.Tensor:
+        """The accumulator [rows, width], zeros when first asked for."""
+        if self.grad is None:
+            self.grad = like.new_zeros(self.rows, width)
+        return self.grad
+
     def accumulate(self, flat: torch.Tensor, g: torch.Tensor) -> None:
         """Add g [B * n, width] into rows flat [B * n]."""
-        if self.grad is None:
-            self.grad = g.new_zeros(self.rows, g.shape[1])
-        self.grad.index_add_(0, flat, g)
+        self.buffer(g, g.shape[1]).index_add_(0, flat, g)
 
     def take(self, j: int) -> torch.Tensor | None:
         """Memory j's gradient [B, width], reset for another backward pass through the same graph."""
@@ -126,32 +132,44 @@ class Trace:
 
 
 class Memory:
-    """The stored hidden states of one batch of sequences: a no-grad buffer [capacity, B, H + key
-    width] of their values and cached keys (row j * B + b of its flat view is memory j of lane b), a
-    scratch buffer for scorers that need one, the autograd chain of the stored tensors, and the step
-    count. Part of the carry and appended to in place: a carry is used once, in order (as `run` does)."""
+    """The stored hidden states of one batch of sequences: a no-grad buffer [capacity, B, row] of
+    their values, cached keys and, for the compiled read, the scorer's extra cache (row = H + key
+    width + extra width; row j * B + b of its flat view is memory j of lane b; gradients are kept for
+    the first `width` = H + key width columns), a scratch buffer for scorers that need one, the
+    autograd chain of the stored tensors, and the step count. Part of the carry and appended to in
+    place: a carry is used once, in order (as `run` does)."""
 
-    def __init__(self, like: torch.Tensor, key_width: int, trace: Trace | None = None):
+    def __init__(self, like: torch.Tensor, key_width: int, trace: Trace | None = None, native_extra: int = 0):
         self.size, self.t, self.trace = 0, 0, trace
+        self.native = _sab_native.applies(like)   # long reads by the compiled read
         self.B, self.H, self.width = like.shape[0], like.shape[1], like.shape[1] + key_width
+        self.extra = native_extra if self.native else 0
+        self.row = self.width + self.extra
+        if self.native:   # rows start on 64-byte lines: the compiled scan's vector loads stay aligned
+            per_line = 64 // like.element_size()
+            self.row = -(-self.row // per_line) * per_line
         self.buf = self.scratch = None
         self.lanes = torch.arange(self.B, device=like.device)[:, None]
         self.store = _GradStore(self.B)
         self.handle = like.new_zeros(())
         self.key_weight = None   # a scorer's per-sequence key projection, if it has one
 
-    def write(self, m: torch.Tensor, key: torch.Tensor | None, cached_key: torch.Tensor | None) -> None:
-        """Store m and its key (with gradient); `cached_key` [B, key width] is what the scan reads."""
+    def write(self, m: torch.Tensor, key: torch.Tensor | None, cached_key: torch.Tensor | None,
+              extra: torch.Tensor | None = None) -> None:
+        """Store m and its key (with gradient); `cached_key` [B, key width] is what the scan reads,
+        `extra` what the compiled read reads besides (stored only where it serves this memory)."""
         with torch.no_grad():
             if self.buf is None or self.size == self.buf.shape[0]:   # full: double the capacity
-                grown = m.new_empty(max(8, 2 * self.size), self.B, self.width)
+                grown = m.new_empty(max(8, 2 * self.size), self.B, self.row)
                 if self.size:
                     grown[:self.size] = self.buf[:self.size]
                 self.buf, self.store.rows = grown, grown.shape[0] * self.B
-                self._values = grown.view(-1, self.width)[:, :self.H]
+                self._values = grown.view(-1, self.row)[:, :self.H]
             self.buf[self.size, :, :self.H] = m
             if cached_key is not None:
-                self.buf[self.size, :, self.H:] = cached_key
+                self.buf[self.size, :, self.H:self.width] = cached_key
+            if self.extra:
+                self.buf[self.size, :, self.width:self.width + self.extra] = extra
         self.handle = _Link.apply(self.store, self.size, self.handle, m, key)
         self.size += 1
         if self.trace is not None:
@@ -165,7 +183,7 @@ class Memory:
     @property
     def keys(self) -> torch.Tensor:
         """The cached keys [B, |M|, key width], no gradient."""
-        return self.buf[:self.size, :, self.H:].transpose(0, 1)
+        return self.buf[:self.size, :, self.H:self.width].transpose(0, 1)
 
     def flat(self, idx: torch.Tensor) -> torch.Tensor:
         """Memories idx [B, n] of each lane -> their rows [B * n] in the buffer and the gradient store."""
@@ -201,6 +219,9 @@ class Memory:
 # and returns what the backward needs; `chosen` adds what it needs of the chosen rows. `backward` is
 # the closed-form gradient of the chosen rows' scores: it returns d/d query (or h^) and d/d the
 # scorer's per-step tensors, and writes d/d keys into the rows' gradient g_rows[:, :, H:].
+
+# `native_kind` names the compiled read's form of the scorer (methods/_sab_native.cpp), `native_query`
+# what it reads as the query, and `native_grads` turns its gradients into `backward`'s.
 
 class MLPScorer(nn.Module):
     """a_j = v . tanh(W_m m_j + W_q h^ + b): an MLP over the pair [h^; m_j] with one hidden layer of
@@ -242,6 +263,22 @@ class MLPScorer(nn.Module):
         g_pre = torch.mul(g_a.unsqueeze(2) * v, 1 - z * z, out=g_rows[:, :, H:])   # d a / d (W_m m + W_q h^ + b)
         return g_pre.sum(1), (torch.mv(z.view(-1, H).T, g_a.view(-1)),)
 
+    # a_j = v . tanh(c_j / 2 + q) with c_j = 2 W_m m_j cached, evaluated as sum(v) - 2 v . 1 / (1 + E_j Q)
+    # with E_j = exp(c_j) cached beside c_j and Q = exp(2 q) once per step: a multiply and a division
+    # per element where tanh costs twenty operations (the compiled read falls back to tanh for a lane
+    # whose |2 q| is too large for E_j Q to be exact; saturated products give +-1 as tanh does)
+    native_kind = "mlp"
+    native_extra = property(lambda self: self.key_width)
+
+    def native_cache(self, cached):
+        return cached.exp()
+
+    def native_query(self, q):
+        return q
+
+    def native_grads(self, g_q, g_v, params):
+        return g_q, (g_v,)
+
 
 class BilinearScorer(nn.Module):
     """a_j = m_j . (W h^ + b), this project's cheaper scorer (not the paper's). Computed as
@@ -280,6 +317,14 @@ class BilinearScorer(nn.Module):
         torch.mul(g_a.unsqueeze(2), h1.unsqueeze(1), out=g_rows[:, :, H:])
         return torch.bmm(g_a.unsqueeze(1), m).squeeze(1) @ W, (None,)   # sum_j g_a_j W^T m_j
 
+    native_kind, native_extra = "dot", 0   # a_j = k_j . [1; h^]
+
+    def native_query(self, h):
+        return F.pad(h, (1, 0), value=1.0)
+
+    def native_grads(self, u, g_v, params):   # u = sum_j g_a_j m_j
+        return u @ params[0], (None,)
+
 
 class SeparableScorer(nn.Module):
     """The release's a_j = w . tanh([h^; m_j]) = w_h . tanh(h^) + w_m . tanh(m_j); no bias, w ~ N(0, 0.01^2)."""
@@ -312,6 +357,14 @@ class SeparableScorer(nn.Module):
         g_rows[:, :, -1] = g_a
         return g_a.sum(1), ()
 
+    native_kind, native_extra = "add", 0   # a_j = k_j + q
+
+    def native_query(self, q):
+        return q
+
+    def native_grads(self, g_q, g_v, params):
+        return g_q, ()
+
 
 SCORERS = {"mlp": MLPScorer, "bilinear": BilinearScorer, "separable": SeparableScorer}
 
@@ -325,6 +378,8 @@ class Sparsifier:
     gradient unless threshold_grad=False. paper, short memory (|M| <= k_top): softmax(a).
     released, long memory (n = k_top): w = relu(a - (a_n + 1e-7)) / (sum + 1e-7); short: raw a.
     """
+
+    native = True   # long reads have a compiled form (methods/_sab_native.cpp)
 
     def __init__(self, k_top: int, released: bool, threshold_grad: bool = True, floor: float = EPS_PAPER):
         self.k_top, self.released, self.threshold_grad, self.floor = k_top, released, threshold_grad, floor
@@ -383,6 +438,7 @@ class LiteralReleaseSparsifier(Sparsifier):
     variant=released."""
 
     reads_all = True
+    native = False
 
     def __init__(self, k_top: int, threshold_grad: bool = True):
         super().__init__(k_top, True, threshold_grad)
@@ -422,13 +478,26 @@ class _AttentionStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scorer, sparsifier, memory, with_r, handle, h_hat, q, *params):
-        idx, flat, a, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
+        long = memory.size > sparsifier.k_top
+        ctx.native = memory.native and sparsifier.native and long
+        if ctx.native:   # the same read, compiled (methods/_sab_native.cpp)
+            query = scorer.native_query(h_hat if q is None else q)
+            v = params[0] if scorer.native_kind == "mlp" else None
+            idx, flat, a, w, w_f, moz, m, z, h, r = _sab_native.read(
+                memory, scorer.native_kind, query, v, h_hat, sparsifier.n, sparsifier.released, sparsifier.floor,
+                with_r)
+            aux, extra = (w_f, moz), (() if z is None else (z,))
+        else:
+            idx, flat, a, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory,
+                                                                     h_hat if q is None else q)
         if memory.trace is not None:
-            memory.trace.read(a, w, sparsifier.threshold(a) if memory.size > sparsifier.k_top else None)
+            memory.trace.read(a, w, sparsifier.threshold(a) if long else None)
         ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
         ctx.n_aux, ctx.n_extra = len(aux), len(extra)
         ctx.width = memory.width
         ctx.save_for_backward(flat, w, m, query, *aux, *extra, *params)
+        if ctx.native:
+            return (h, r) if with_r else h
         if with_r:
             r = torch.bmm(w.unsqueeze(1), m).squeeze(1)
             return h_hat + r, r
@@ -440,12 +509,20 @@ class _AttentionStep(torch.autograd.Function):
         aux, rest = rest[:ctx.n_aux], rest[ctx.n_aux:]
         extra, params = rest[:ctx.n_extra], rest[ctx.n_extra:]
         g_read = g_h if g_r is None else g_h + g_r
-        H = g_h.shape[1]
-        g_a = ctx.sparsifier.backward(torch.bmm(g_read.unsqueeze(1), m.transpose(1, 2)).squeeze(1), w, aux)
-        g_rows = m.new_empty(m.shape[:2] + (ctx.width,))               # [d/d m_j; d/d key_j]
-        torch.mul(w.unsqueeze(2), g_read.unsqueeze(1), out=g_rows[:, :, :H])
-        g_q, g_params = ctx.scorer.backward(g_a, query, m, extra, params, g_rows)
-        ctx.store.accumulate(flat, g_rows.view(-1, ctx.width))
+        if ctx.native:
+            kind = ctx.scorer.native_kind
+            g_q, g_v = _sab_native.read_backward(
+                g_read, kind, ctx.sparsifier.threshold_grad, ctx.width, flat, w, *aux, m, query,
+                extra[0] if extra else None, params[0] if kind == "mlp" else None,
+                ctx.store.buffer(g_read, ctx.width))
+            g_q, g_params = ctx.scorer.native_grads(g_q, g_v, params)
+        else:
+            H = g_h.shape[1]
+            g_a = ctx.sparsifier.backward(torch.bmm(g_read.unsqueeze(1), m.transpose(1, 2)).squeeze(1), w, aux)
+            g_rows = m.new_empty(m.shape[:2] + (ctx.width,))               # [d/d m_j; d/d key_j]
+            torch.mul(w.unsqueeze(2), g_read.unsqueeze(1), out=g_rows[:, :, :H])
+            g_q, g_params = ctx.scorer.backward(g_a, query, m, extra, params, g_rows)
+            ctx.store.accumulate(flat, g_rows.view(-1, ctx.width))
         # the handle only orders the backward (`_Link` j after these reads): no gradient to pass
         if ctx.query_is_h:
             return (None, None, None, None, None, g_h + g_q, None) + g_params
@@ -499,7 +576,7 @@ class SABNetwork(Network):
 
     def init_carry(self, batch_size):
         state = self.cell.init_state(batch_size)
-        memory = Memory(state[0], self.scorer.key_width, self._trace)
+        memory = Memory(state[0], self.scorer.key_width, self._trace, self.scorer.native_extra)
         if self.released:   # the release's first memory is the zero initial state
             self._write(memory, state[0])
         return state, memory
@@ -508,7 +585,8 @@ class SABNetwork(Network):
         key = self.scorer.key(m, memory)
         with torch.no_grad():
             cached = self.scorer.cache(key)
-        memory.write(m, key, cached)
+            extra = self.scorer.native_cache(cached) if memory.extra else None
+        memory.write(m, key, cached, extra)
 
     def truncate(self, carry):
         state, memory = carry
