@@ -29,6 +29,9 @@ MEASURING = ["models.py", "method.py", "task.py", "meters.py", "fidelity.py", "r
 # harness modules that compute for the methods that import them (the online methods' base and
 # Jacobians): part of those methods' hash only
 COMPUTING = {"online.py", "jacobians.py"}
+# compiled sources a module loads at run time rather than imports (methods/_sab_native.py builds
+# methods/_sab_native.cpp): hashed with the module of the same stem beside them
+COMPANIONS = (".c", ".cc", ".cpp", ".h", ".hpp")
 
 
 def source_hash(*classes) -> str:
@@ -56,10 +59,13 @@ def _code_files(path: Path, module: str, found: list[Path]) -> None:
     modules it imports (harness/online.py): a helper counts for the methods that use it, not for
     every method beside it (an edit of SAB's network no longer reruns bptt). Imports are read from
     the source, functions' own included, and located without being run, so the hash does not
-    depend on what a process happens to have imported."""
+    depend on what a process happens to have imported. Each module brings the compiled sources
+    beside it of the same stem (methods/_sab_native.cpp with methods/_sab_native.py): a module that
+    compiles and loads them at run time computes with them, and no import names them."""
     if path in found:
         return
     found.append(path)
+    found += [c for c in map(path.with_suffix, COMPANIONS) if c.is_file() and c not in found]
     for name in _imported_names(path, module):
         try:
             spec = importlib.util.find_spec(name)

@@ -9,15 +9,17 @@
 // is one pass over the memory that keeps only each lane's scores, and everything after it touches
 // only the k_top + 1 chosen rows.
 //
-// Memory layout (Memory in _sab_network.py): row (j, b) of memory j, lane b starts at
-// buf + (j * B + b) * row and holds [value (H); cached key (kw); extra cache]; the gradient store G
-// has rows of width H + kw laid out alike.
+// Memory layout (Memory in _sab_network.py): three buffers [capacity, B, row], row j * B + b of each
+// holding memory j of lane b: values (row vrow >= H), cached keys (krow >= kw) and an extra cache
+// (erow); the gradient store G has rows [d/d value (H); d/d key (kw)], laid out alike.
 // Scorers (the cached key of each):
-//   DOT  a_j = key_j . q          (bilinear: key [b . m; W^T m], q = [1; h^], kw = H + 1)
+//   DOT  a_j = key_j . [q; 1]     (bilinear: key [W^T m; b . m], q = h^, kw = H + 1)
 //   MLP  a_j = v . tanh(c_j / 2 + q)   (key c = 2 W_m m, extra E = exp(c), q = W_q h^ + b, kw = H)
-//        = sum(v) - 2 sum_k v_k / (1 + E_jk Q_k) with Q = exp(2 q): exact where e^(c + 2q) matters
-//        (|2q| <= QMAX keeps E Q within range wherever the product is not saturated; saturated,
-//        it overflows to inf or underflows to 0, giving tanh's +-1); lanes with a larger |2q| use tanh.
+//        = sum(v) - 2 sum_k v_k / (1 + E_jk Q_k) with Q = exp(2 q). With |2q| <= qmax (40 in
+//        float, 300 in double), wherever tanh is not yet +-1 to rounding (|c + 2q| below about 40)
+//        both factors are normal numbers and E Q is e^(c + 2q) to a few ulp; beyond, the product
+//        may overflow to inf or underflow to 0 (or E be clamped), which still gives +-1. A lane
+//        with a larger |2q| (or a NaN) is scored by tanh itself.
 //   ADD  a_j = key_j + q          (separable: key = w_m . tanh(m), q = w_h . tanh(h^), kw = 1)
 #include <cmath>
 #include <cstdint>
@@ -39,7 +41,7 @@ template <> struct Bits<float> {
   using Int = int32_t;
   static constexpr int mantissa = 23, bias = 127;
   static constexpr float round = 12582912.0f, lo = -87.0f, hi = 88.0f;   // 1.5 * 2^23
-  static constexpr float qmax = 40.0f;   // e^(+-40) and E Q up to e^(+-80) stay normal numbers
+  static constexpr float qmax = 40.0f;   // Q = e^(+-40) and, where it matters, E Q stay normal
 };
 template <> struct Bits<double> {
   using Int = int64_t;
@@ -80,25 +82,25 @@ template <typename T> inline T tanh_(T x) {
 // a > b in torch.topk's order: NaN above every number, so a diverged score is chosen and seen.
 template <typename T> inline bool above(T a, T b) { return a > b || (std::isnan(a) && !std::isnan(b)); }
 
-// The scores of a DOT or (exact) MLP scorer for four rows of one lane at once (keys `stride` apart),
-// so that q, v and Q are loaded once for four rows.
+// The scores of a DOT or (exact) MLP scorer for four rows of one lane at once (rows `stride`
+// apart in the buffer read: keys for DOT, E for MLP), so that q, v and Q are loaded once for four.
 template <typename T>
-inline void score_four(const T* key, int64_t stride, int64_t kw, int64_t scorer, const T* qb, const T* v,
+inline void score_four(const T* row, int64_t stride, int64_t kw, int64_t scorer, const T* qb, const T* v,
                        const T* Qb, T v_sum, T* out) {
-  const T *k0 = key, *k1 = key + stride, *k2 = key + 2 * stride, *k3 = key + 3 * stride;
+  const T *k0 = row, *k1 = row + stride, *k2 = row + 2 * stride, *k3 = row + 3 * stride;
   T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   if (scorer == DOT) {
+    const int64_t H = kw - 1;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t k = 0; k < kw; ++k) {
+    for (int64_t k = 0; k < H; ++k) {
       const T x = qb[k];
       s0 += k0[k] * x;
       s1 += k1[k] * x;
       s2 += k2[k] * x;
       s3 += k3[k] * x;
     }
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+    out[0] = s0 + k0[H], out[1] = s1 + k1[H], out[2] = s2 + k2[H], out[3] = s3 + k3[H];
   } else {
-    k0 += kw, k1 += kw, k2 += kw, k3 += kw;   // E = exp(c), after the key c
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t k = 0; k < kw; ++k) {
       const T x = Qb[k], u = v[k];
@@ -113,16 +115,15 @@ inline void score_four(const T* key, int64_t stride, int64_t kw, int64_t scorer,
 
 // The same for one row.
 template <typename T>
-inline T score_one(const T* key, int64_t kw, int64_t scorer, const T* qb, const T* v, const T* Qb, T v_sum) {
+inline T score_one(const T* row, int64_t kw, int64_t scorer, const T* qb, const T* v, const T* Qb, T v_sum) {
   T s = 0;
   if (scorer == DOT) {
 #pragma omp simd reduction(+ : s)
-    for (int64_t k = 0; k < kw; ++k) s += key[k] * qb[k];
-    return s;
+    for (int64_t k = 0; k < kw - 1; ++k) s += row[k] * qb[k];
+    return s + row[kw - 1];
   }
-  const T* E = key + kw;
 #pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < kw; ++k) s += v[k] / (T(1) + E[k] * Qb[k]);
+  for (int64_t k = 0; k < kw; ++k) s += v[k] / (T(1) + row[k] * Qb[k]);
   return v_sum - T(2) * s;
 }
 
@@ -130,32 +131,36 @@ inline T score_one(const T* key, int64_t kw, int64_t scorer, const T* qb, const 
 // pass follows the buffer's order, which the processor's prefetching follows (lane by lane alone,
 // rows lie B * row apart). MLP: Q [B, H] = exp(2 q), and `exact[b]` whether lane b may use it.
 template <typename T>
-void score_all(const T* buf, int64_t B, int64_t M, int64_t H, int64_t row, int64_t kw, int64_t scorer,
-               const T* q, const T* v, const T* Q, const char* exact, T* out) {
+void score_all(const T* keys, int64_t krow, const T* extra, int64_t erow, int64_t B, int64_t M, int64_t kw,
+               int64_t scorer, const T* q, const T* v, const T* Q, const char* exact, T* out) {
   T v_sum = 0;
   if (scorer == MLP)
     for (int64_t k = 0; k < kw; ++k) v_sum += v[k];
-  const int64_t stride = B * row;   // memory j to memory j + 1 of one lane
   for (int64_t j = 0; j < M;) {
     const int64_t block = M - j >= 4 ? 4 : 1;
     for (int64_t b = 0; b < B; ++b) {
-      const T* key = buf + (j * B + b) * row + H;
+      const T* key = keys + (j * B + b) * krow;
       T* o = out + b * M + j;
       if (scorer == ADD) {
-        for (int64_t r = 0; r < block; ++r) o[r] = key[r * stride] + q[b];
+        for (int64_t r = 0; r < block; ++r) o[r] = key[r * B * krow] + q[b];
       } else if (scorer == MLP && !exact[b]) {
         const T* qb = q + b * kw;
         for (int64_t r = 0; r < block; ++r) {
-          const T* kr = key + r * stride;
+          const T* kr = key + r * B * krow;
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
           for (int64_t k = 0; k < kw; ++k) acc += v[k] * tanh_(T(0.5) * kr[k] + qb[k]);
           o[r] = acc;
         }
-      } else if (block == 4) {
-        score_four(key, stride, kw, scorer, q + b * kw, v, Q + b * kw, v_sum, o);
       } else {
-        o[0] = score_one(key, kw, scorer, q + b * kw, v, Q + b * kw, v_sum);
+        const bool dot = scorer == DOT;
+        const T* row = dot ? key : extra + (j * B + b) * erow;
+        const int64_t stride = B * (dot ? krow : erow);
+        const T* qb = q + b * (dot ? kw - 1 : kw);
+        if (block == 4)
+          score_four(row, stride, kw, scorer, qb, v, Q + b * kw, v_sum, o);
+        else
+          o[0] = score_one(row, kw, scorer, qb, v, Q + b * kw, v_sum);
       }
     }
     j += block;
@@ -179,11 +184,14 @@ template <typename T> void top(const T* scores, int64_t M, int64_t n, T* a, int6
 }
 
 template <typename T>
-int read(const T* buf, int64_t B, int64_t M, int64_t H, int64_t row, int64_t kw, int64_t scorer, const T* q,
-         const T* v, const T* h_hat, int64_t n, int64_t released, double floor, int64_t* idx, int64_t* flat,
-         T* a, T* w, T* wf, T* moz, T* m, T* z, T* out, T* r) {
+int read(const T* vals, int64_t vrow, const T* keys, int64_t krow, const T* extra, int64_t erow, int64_t B,
+         int64_t M, int64_t H, int64_t kw, int64_t scorer, const T* q, const T* v, const T* h_hat, int64_t n,
+         int64_t released, double floor, int64_t* flat, T* a, T* w, T* wf, T* moz, T* m, T* z,
+         T* out, T* r) {
   if (n > M || n < 1) return 1;
   static thread_local std::vector<T> scores, Q;
+  static thread_local std::vector<int64_t> chosen;
+  chosen.resize(B * n);
   static thread_local std::vector<char> exact;
   scores.resize(B * M);
   if (scorer == MLP) {
@@ -204,15 +212,15 @@ int read(const T* buf, int64_t B, int64_t M, int64_t H, int64_t row, int64_t kw,
   const unsigned int csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8040);   // flush-to-zero and denormals-are-zero
 #endif
-  score_all(buf, B, M, H, row, kw, scorer, q, v, Q.data(), exact.data(), scores.data());
+  score_all(keys, krow, extra, erow, B, M, kw, scorer, q, v, Q.data(), exact.data(), scores.data());
 #if defined(__SSE__)
   _mm_setcsr(csr);
 #endif
-  const int64_t q_width = scorer == ADD ? 1 : kw;
+  const int64_t q_width = scorer == ADD ? 1 : (scorer == DOT ? H : kw);
   for (int64_t b = 0; b < B; ++b) {
     const T* qb = q + b * q_width;
     T* ab = a + b * n;
-    int64_t* ib = idx + b * n;
+    int64_t* ib = chosen.data() + b * n;
     top(scores.data() + b * M, M, n, ab, ib);
     // sparsify: w = relu(a - threshold) / Z (Sparsifier.forward, the long forms)
     T* wb = w + b * n;
@@ -236,18 +244,19 @@ int read(const T* buf, int64_t B, int64_t M, int64_t H, int64_t row, int64_t kw,
     if (r) std::memset(r + b * H, 0, H * sizeof(T));
     for (int64_t i = 0; i < n; ++i) {
       flat[b * n + i] = ib[i] * B + b;
-      const T* chosen = buf + (ib[i] * B + b) * row;
+      const int64_t row = ib[i] * B + b;
       T* mi = m + (b * n + i) * H;
-      std::memcpy(mi, chosen, H * sizeof(T));
+      std::memcpy(mi, vals + row * vrow, H * sizeof(T));
       if (scorer == MLP && exact[b]) {   // the chosen rows' tanh, as the scan evaluated it
-        T *zi = z + (b * n + i) * H;
-        const T *E = chosen + H + kw, *Qb = Q.data() + b * kw;
+        T* zi = z + (b * n + i) * H;
+        const T *E = extra + row * erow, *Qb = Q.data() + b * kw;
 #pragma omp simd
         for (int64_t k = 0; k < H; ++k) zi[k] = T(1) - T(2) / (T(1) + E[k] * Qb[k]);
       } else if (scorer == MLP) {
         T* zi = z + (b * n + i) * H;
+        const T* c = keys + row * krow;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) zi[k] = tanh_(T(0.5) * chosen[H + k] + qb[k]);
+        for (int64_t k = 0; k < H; ++k) zi[k] = tanh_(T(0.5) * c[k] + qb[k]);
       }
       const T wi = wb[i];
       T* rb = r ? r + b * H : outb;
@@ -261,13 +270,15 @@ int read(const T* buf, int64_t B, int64_t M, int64_t H, int64_t row, int64_t kw,
 }
 
 // The closed-form gradient of one read: given g = dL/d(read-out) [B, H], adds each chosen row's
-// gradient [d/d value; d/d key] into the memory's gradient store G (rows as in buf), and writes
-// g_q (DOT: u = sum_i g_a_i m_i [B, H], which the caller multiplies by W; MLP: d/d q [B, H];
-// ADD: d/d q [B]) and g_v (MLP: [H]).
+// gradient [d/d value; d/d key] into the memory's gradient store G, and writes g_q (DOT: d/d h^
+// [B, H]; MLP: d/d q [B, H];
+// ADD: d/d q [B]) and g_v (MLP: [H]). DOT: g_q is d/d h^ = sum_i g_a_i W^T m_i, read from the
+// chosen rows' cached keys [W^T m; b . m] (keys, krow).
 template <typename T>
 int read_backward(const T* g, int64_t B, int64_t n, int64_t H, int64_t width, int64_t kw, int64_t scorer,
                   int64_t threshold_grad, const T* w, const T* wf, const T* moz, const T* m, const T* q,
-                  const T* z, const T* v, const int64_t* flat, T* G, T* g_q, T* g_v) {
+                  const T* z, const T* v, const int64_t* flat, const T* keys, int64_t krow, T* G, T* g_q,
+                  T* g_v) {
   std::vector<T> g_a(n);
   if (scorer == MLP) std::memset(g_v, 0, H * sizeof(T));
   const int64_t q_width = scorer == ADD ? 1 : (scorer == DOT ? H : kw);
@@ -294,16 +305,17 @@ int read_backward(const T* g, int64_t B, int64_t n, int64_t H, int64_t width, in
     for (int64_t i = 0; i < n; ++i) {
       T* row = G + flat[b * n + i] * width;
       const T wi = w[b * n + i], ga = g_a[i];
-      const T* mi = m + (b * n + i) * H;
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) row[k] += wi * gb[k];
       T* key = row + H;
       if (scorer == DOT) {
-        const T* qb = q + b * kw;
+        const T* qb = q + b * H;
+        const T* Wm = keys + flat[b * n + i] * krow;   // W^T m_i
 #pragma omp simd
-        for (int64_t k = 0; k < kw; ++k) key[k] += ga * qb[k];
+        for (int64_t k = 0; k < H; ++k) key[k] += ga * qb[k];
+        key[H] += ga;
 #pragma omp simd
-        for (int64_t k = 0; k < H; ++k) gqb[k] += ga * mi[k];
+        for (int64_t k = 0; k < H; ++k) gqb[k] += ga * Wm[k];
       } else if (scorer == MLP) {
         const T* zi = z + (b * n + i) * H;
 #pragma omp simd
@@ -326,18 +338,19 @@ int read_backward(const T* g, int64_t B, int64_t n, int64_t H, int64_t width, in
 
 extern "C" {
 #define SAB_READ(T, suffix)                                                                                      \
-  int sab_read_##suffix(const T* buf, int64_t B, int64_t M, int64_t H, int64_t row, int64_t kw, int64_t scorer,   \
-                        const T* q, const T* v, const T* h_hat, int64_t n, int64_t released, double floor,        \
-                        int64_t* idx, int64_t* flat, T* a, T* w, T* wf, T* moz, T* m, T* z, T* out, T* r) {       \
-    return read<T>(buf, B, M, H, row, kw, scorer, q, v, h_hat, n, released, floor, idx, flat, a, w, wf, moz, m,   \
-                   z, out, r);                                                                                    \
+  int sab_read_##suffix(const T* vals, int64_t vrow, const T* keys, int64_t krow, const T* extra, int64_t erow,  \
+                        int64_t B, int64_t M, int64_t H, int64_t kw, int64_t scorer, const T* q, const T* v,     \
+                        const T* h_hat, int64_t n, int64_t released, double floor, int64_t* flat,                 \
+                        T* a, T* w, T* wf, T* moz, T* m, T* z, T* out, T* r) {                                    \
+    return read<T>(vals, vrow, keys, krow, extra, erow, B, M, H, kw, scorer, q, v, h_hat, n, released, floor,      \
+                   flat, a, w, wf, moz, m, z, out, r);                                                            \
   }                                                                                                               \
   int sab_read_backward_##suffix(const T* g, int64_t B, int64_t n, int64_t H, int64_t width, int64_t kw,         \
                                  int64_t scorer, int64_t threshold_grad, const T* w, const T* wf, const T* moz,   \
-                                 const T* m, const T* q, const T* z, const T* v, const int64_t* flat, T* G,       \
-                                 T* g_q, T* g_v) {                                                                \
-    return read_backward<T>(g, B, n, H, width, kw, scorer, threshold_grad, w, wf, moz, m, q, z, v, flat, G, g_q,  \
-                            g_v);                                                                                 \
+                                 const T* m, const T* q, const T* z, const T* v, const int64_t* flat,             \
+                                 const T* keys, int64_t krow, T* G, T* g_q, T* g_v) {                             \
+    return read_backward<T>(g, B, n, H, width, kw, scorer, threshold_grad, w, wf, moz, m, q, z, v, flat, keys,    \
+                            krow, G, g_q, g_v);                                                                   \
   }
 SAB_READ(float, f)
 SAB_READ(double, d)

@@ -1,12 +1,14 @@
 """SAB's read compiled for the CPU (methods/_sab_native.cpp): built by the system's C++ compiler on
-first use, cached by the hash of its source, its flags, the compiler and the processor, and called
-through ctypes. Where it cannot be built or does not apply (no compiler, a GPU tensor, another
-dtype, the short-memory softmax read, variant=released_literal), SABNetwork runs the same read in
-PyTorch ops, with one warning naming why. CREDITBENCH_SAB_NATIVE=0 turns it off (to compare).
+first use (under a second), cached by the hash of its source, its flags, the compiler and the
+processor (in $CREDITBENCH_CACHE, default ~/.cache/creditbench), and called through ctypes. Where it
+does not apply (a GPU tensor, a dtype other than float32/float64, the short-memory read while
+|M| <= k_top, variant=released_literal) SABNetwork reads with PyTorch operations; where it cannot be
+built (no compiler) it warns once, naming why, and reads with PyTorch operations throughout.
+CREDITBENCH_SAB_NATIVE=0 turns it off (to compare the two).
 
-The two are the same arithmetic up to rounding (tests/test_sab_native.py holds them together in
-float64 and each to autograd), not bitwise: a run's numbers are reproducible on one machine with one
-of them, and the compiled read's use is recorded in each SAB run's record (`sab_native`)."""
+The two reads are the same arithmetic up to rounding, not bitwise (tests/test_sab_native.py holds
+them together in float64, and tests/test_sab.py each to autograd): a run is bitwise reproducible on
+one machine with one of them."""
 from __future__ import annotations
 
 import ctypes
@@ -74,10 +76,10 @@ def _build() -> ctypes.CDLL:
     P, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     for suffix in ("f", "d"):
         read = getattr(lib, f"sab_read_{suffix}")
-        read.argtypes = [P, I, I, I, I, I, I, P, P, P, I, I, D] + [P] * 10
+        read.argtypes = [P, I, P, I, P, I, I, I, I, I, I, P, P, P, I, I, D] + [P] * 9
         read.restype = ctypes.c_int
         back = getattr(lib, f"sab_read_backward_{suffix}")
-        back.argtypes = [P, I, I, I, I, I, I, I] + [P] * 11
+        back.argtypes = [P, I, I, I, I, I, I, I] + [P] * 9 + [I] + [P] * 3
         back.restype = ctypes.c_int
     return lib
 
@@ -107,41 +109,46 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def read(memory, kind: str, q: torch.Tensor, v: torch.Tensor | None, h_hat: torch.Tensor, n: int,
-         released: bool, floor: float, with_r: bool):
-    """One long read (|M| > k_top) without gradient: (idx, flat, a, w, w_f, mask/Z, m, z, h, r) as
-    choose_and_weigh and _AttentionStep.forward compute them (z: the MLP's chosen tanh, else None;
-    r: only with_r)."""
+def read(memory, kind: str, q: torch.Tensor, params, h_hat: torch.Tensor, sparsifier, with_r: bool):
+    """One long read (|M| > sparsifier.k_top) without gradient, as choose_and_weigh and
+    _AttentionStep.forward compute it: (flat, weights, m, z, h, r) with flat [B * n] the chosen rows,
+    weights [4, B, n] = (scores a, weights w, w_f, mask / Z) (Sparsifier.forward), m [B, n, H] their
+    values, z the MLP's tanh of them (else None), h = h^ + r and r [B, H] (None unless with_r)."""
     B, H = h_hat.shape
+    n = sparsifier.n
     h_hat, q = h_hat.contiguous(), q.contiguous()
-    idx = torch.empty(B, n, dtype=torch.int64)
     flat = torch.empty(B * n, dtype=torch.int64)
-    small = h_hat.new_empty(4, B, n)   # a, w, w_f, mask/Z
+    weights = h_hat.new_empty(4, B, n)
     m = h_hat.new_empty(B, n, H)
     z = h_hat.new_empty(B, n, H) if kind == "mlp" else None
-    out = h_hat.new_empty(B, H)
+    h = h_hat.new_empty(B, H)
     r = h_hat.new_empty(B, H) if with_r else None
     fn = _lib.sab_read_f if h_hat.dtype == torch.float32 else _lib.sab_read_d
-    if fn(memory.buf.data_ptr(), B, memory.size, H, memory.row, memory.width - H, SCORER_KINDS[kind],
-          q.data_ptr(), _ptr(v), h_hat.data_ptr(), n, int(released), floor, idx.data_ptr(), flat.data_ptr(),
-          small[0].data_ptr(), small[1].data_ptr(), small[2].data_ptr(), small[3].data_ptr(), m.data_ptr(),
-          _ptr(z), out.data_ptr(), _ptr(r)):
+    (vals, keys, extra), (vrow, krow, erow) = memory.bufs, memory.widths
+    step = B * n * h_hat.element_size()
+    w = weights.data_ptr()
+    if fn(vals.data_ptr(), vrow, keys.data_ptr(), krow, _ptr(extra), erow, B, memory.size, H, memory.key_width,
+          SCORER_KINDS[kind], q.data_ptr(), params[0].data_ptr() if kind == "mlp" else None, h_hat.data_ptr(), n,
+          int(sparsifier.released), sparsifier.floor, flat.data_ptr(), w, w + step, w + 2 * step,
+          w + 3 * step, m.data_ptr(), _ptr(z), h.data_ptr(), _ptr(r)):
         raise ValueError(f"compiled read: {n} rows chosen from a memory of {memory.size}")
-    a, w, w_f, moz = small.unbind(0)
-    return idx, flat, a, w, w_f, moz, m, z, out, r
+    return flat, weights, m, z, h, r
 
 
-def read_backward(g: torch.Tensor, kind: str, threshold_grad: bool, width: int, flat, w, w_f, moz, m, q, z, v,
-                  store_grad: torch.Tensor):
-    """Adds the chosen rows' gradients into store_grad; returns (g_q, g_v): for "dot" the sum of
-    g_a_i m_i [B, H] (the caller multiplies by W), for "mlp" d/d q [B, H] and d/d v [H], for "add"
-    d/d q [B]."""
+def read_backward(g: torch.Tensor, kind: str, threshold_grad: bool, flat, weights, m, q, z, params, store,
+                  width: int):
+    """Adds the chosen rows' gradients into the memory's gradient store; returns (g_q, g_v): for "dot"
+    d/d h^ [B, H] (read from the chosen rows' cached keys), for "mlp" d/d q [B, H] and d/d v [H], for
+    "add" d/d q [B]."""
     B, n, H = m.shape
     g = g.contiguous()
     g_q = g.new_empty(B) if kind == "add" else g.new_empty(B, H)
     g_v = g.new_empty(H) if kind == "mlp" else None
     fn = _lib.sab_read_backward_f if g.dtype == torch.float32 else _lib.sab_read_backward_d
-    fn(g.data_ptr(), B, n, H, width, width - H, SCORER_KINDS[kind], int(threshold_grad), w.data_ptr(),
-       w_f.data_ptr(), moz.data_ptr(), m.data_ptr(), q.data_ptr(), _ptr(z), _ptr(v), flat.data_ptr(),
-       store_grad.data_ptr(), g_q.data_ptr(), g_v.data_ptr() if g_v is not None else None)
+    step = B * n * g.element_size()
+    w = weights.data_ptr()
+    fn(g.data_ptr(), B, n, H, width, width - H, SCORER_KINDS[kind], int(threshold_grad), w + step, w + 2 * step,
+       w + 3 * step, m.data_ptr(), q.data_ptr(), _ptr(z), params[0].data_ptr() if kind == "mlp" else None,
+       flat.data_ptr(), store.keys.data_ptr(), store.keys.shape[2], store.buffer(g, width).data_ptr(),
+       g_q.data_ptr(), _ptr(g_v))
     return g_q, g_v

@@ -13,11 +13,13 @@ Per step t (1-indexed), with memory M = (m_1, ..., m_|M|):
 How the memory keeps every skip gradient and stays cheap. A scorer splits a_j into a key (the part
 that depends on m_j alone, computed with gradient once per write) and a query (the part that
 depends on h^_t). Each stored m_j and its key are kept by reference in an autograd chain (`_Link`),
-and copied into one no-grad buffer [B, capacity, H + key width]. One autograd node per step
-(`_AttentionStep`) scores every memory from that buffer, chooses the top rows, gathers them,
+and copied into no-grad buffers [capacity, B, width] (values, keys). One autograd node per step
+(`_AttentionStep`) scores every memory from those buffers, chooses the top rows, gathers them,
 sparsifies and adds the weighted sum to h^_t; its backward is in closed form and adds each chosen
 row's gradient (value and key) into a per-sequence accumulator, from which `_Link` hands memory j
-its gradient. Autograd's dependency order runs `_Link` j only after every read that could have
+its gradient. On the CPU the long reads run compiled (methods/_sab_native.py: one call forward, one
+backward, where PyTorch takes some thirty small operations); elsewhere, and for the short reads,
+in PyTorch operations (`choose_and_weigh`); the two agree to rounding (tests/test_sab_native.py). Autograd's dependency order runs `_Link` j only after every read that could have
 chosen memory j. So nothing is concatenated per step, nothing loops over memories in Python, and the
 buffers autograd never saves are the only ones written in place. Tensors the backward needs go
 through `ctx.save_for_backward` (the saved-bytes meter counts them); the nodes hold only the
@@ -48,11 +50,15 @@ class _GradStore:
 
     def __init__(self, batch_size: int):
         self.B, self.rows, self.grad = batch_size, 0, None
+        self.keys = None   # the memory's cached keys (the compiled bilinear backward reads W^T m_j there)
 
     def buffer(self, like: torch.Tensor, width: int) -> torch.Tensor:
-        """The accumulator [rows, width], zeros when first asked for."""
+        """The accumulator [rows, width], zeros when first asked for; grown (zeros added) when the
+        memory has grown since (a backward pass before the sequence's end, then another)."""
         if self.grad is None:
             self.grad = like.new_zeros(self.rows, width)
+        elif self.grad.shape[0] < self.rows:
+            self.grad = torch.cat([self.grad, self.grad.new_zeros(self.rows - self.grad.shape[0], width)])
         return self.grad
 
     def accumulate(self, flat: torch.Tensor, g: torch.Tensor) -> None:
@@ -132,23 +138,24 @@ class Trace:
 
 
 class Memory:
-    """The stored hidden states of one batch of sequences: a no-grad buffer [capacity, B, row] of
-    their values, cached keys and, for the compiled read, the scorer's extra cache (row = H + key
-    width + extra width; row j * B + b of its flat view is memory j of lane b; gradients are kept for
-    the first `width` = H + key width columns), a scratch buffer for scorers that need one, the
-    autograd chain of the stored tensors, and the step count. Part of the carry and appended to in
-    place: a carry is used once, in order (as `run` does)."""
+    """The stored hidden states of one batch of sequences, in no-grad buffers [capacity, B, width]
+    (row j * B + b of a buffer's flat view is memory j of lane b): their values, their cached keys
+    and, for the compiled read, the scorer's extra cache (each buffer apart, rows padded to 64 bytes
+    there, so that the compiled scan streams through the one it reads); a scratch buffer for scorers
+    that need one; the gradient store, with rows [d/d value; d/d key]; the autograd chain of the
+    stored tensors; and the step count. Part of the carry and appended to in place: a carry is used
+    once, in order (as `run` does)."""
 
     def __init__(self, like: torch.Tensor, key_width: int, trace: Trace | None = None, native_extra: int = 0):
         self.size, self.t, self.trace = 0, 0, trace
         self.native = _sab_native.applies(like)   # long reads by the compiled read
-        self.B, self.H, self.width = like.shape[0], like.shape[1], like.shape[1] + key_width
+        self.B, self.H, self.key_width = like.shape[0], like.shape[1], key_width
+        self.width = self.H + key_width   # of the gradient store's rows
         self.extra = native_extra if self.native else 0
-        self.row = self.width + self.extra
-        if self.native:   # rows start on 64-byte lines: the compiled scan's vector loads stay aligned
-            per_line = 64 // like.element_size()
-            self.row = -(-self.row // per_line) * per_line
-        self.buf = self.scratch = None
+        per_line = 64 // like.element_size() if self.native else 1
+        self.widths = [-(-w // per_line) * per_line for w in (self.H, key_width, self.extra)]
+        self.bufs = [None, None, None]   # values, keys, extra
+        self.scratch = None
         self.lanes = torch.arange(self.B, device=like.device)[:, None]
         self.store = _GradStore(self.B)
         self.handle = like.new_zeros(())
@@ -159,17 +166,18 @@ class Memory:
         """Store m and its key (with gradient); `cached_key` [B, key width] is what the scan reads,
         `extra` what the compiled read reads besides (stored only where it serves this memory)."""
         with torch.no_grad():
-            if self.buf is None or self.size == self.buf.shape[0]:   # full: double the capacity
-                grown = m.new_empty(max(8, 2 * self.size), self.B, self.row)
-                if self.size:
-                    grown[:self.size] = self.buf[:self.size]
-                self.buf, self.store.rows = grown, grown.shape[0] * self.B
-                self._values = grown.view(-1, self.row)[:, :self.H]
-            self.buf[self.size, :, :self.H] = m
-            if cached_key is not None:
-                self.buf[self.size, :, self.H:self.width] = cached_key
-            if self.extra:
-                self.buf[self.size, :, self.width:self.width + self.extra] = extra
+            if self.bufs[0] is None or self.size == self.bufs[0].shape[0]:   # full: double the capacity
+                capacity = max(8, 2 * self.size)
+                for i, width in enumerate(self.widths):
+                    if width:
+                        grown = m.new_empty(capacity, self.B, width)
+                        if self.size:
+                            grown[:self.size] = self.bufs[i][:self.size]
+                        self.bufs[i] = grown
+                self.store.rows, self.store.keys = capacity * self.B, self.bufs[1]
+            for buf, new in zip(self.bufs, (m, cached_key, extra)):
+                if new is not None and buf is not None:
+                    buf[self.size, :, :new.shape[1]] = new
         self.handle = _Link.apply(self.store, self.size, self.handle, m, key)
         self.size += 1
         if self.trace is not None:
@@ -178,20 +186,20 @@ class Memory:
     @property
     def values(self) -> torch.Tensor:
         """[B, |M|, H], no gradient."""
-        return self.buf[:self.size, :, :self.H].transpose(0, 1)
+        return self.rows().transpose(0, 1)
 
     @property
     def keys(self) -> torch.Tensor:
         """The cached keys [B, |M|, key width], no gradient."""
-        return self.buf[:self.size, :, self.H:self.width].transpose(0, 1)
+        return self.bufs[1][:self.size, :, :self.key_width].transpose(0, 1)
 
     def flat(self, idx: torch.Tensor) -> torch.Tensor:
-        """Memories idx [B, n] of each lane -> their rows [B * n] in the buffer and the gradient store."""
+        """Memories idx [B, n] of each lane -> their rows [B * n] in the buffers and the gradient store."""
         return torch.add(self.lanes, idx, alpha=self.B).view(-1)
 
     def gather(self, flat: torch.Tensor) -> torch.Tensor:
         """The values of rows flat [B * n] -> [B * n, H], no gradient."""
-        return self._values.index_select(0, flat)
+        return self.bufs[0].view(-1, self.widths[0])[:, :self.H].index_select(0, flat)
 
     def gather_workspace(self, idx: torch.Tensor, width: int) -> torch.Tensor:
         """Rows idx [B, n] of the workspace last used as [B, |M|, width] -> [B * n, width]."""
@@ -201,15 +209,15 @@ class Memory:
         """A scratch tensor of this shape, reused from step to step (no gradient, never saved)."""
         n = math.prod(shape)
         if self.scratch is None or self.scratch.numel() < n:
-            self.scratch = self.buf.new_empty(max(n, 2 * (0 if self.scratch is None else self.scratch.numel())))
+            self.scratch = self.bufs[0].new_empty(max(n, 2 * (0 if self.scratch is None else self.scratch.numel())))
         return self.scratch[:n].view(shape)
 
     def rows(self) -> torch.Tensor:
         """The stored values [|M|, B, H] (no gradient), for tests and plots."""
-        return self.buf[:self.size, :, :self.H]
+        return self.bufs[0][:self.size, :, :self.H]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.buf, self.scratch) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (*self.bufs, self.scratch) if t is not None)
 
 
 # --- scorers --------------------------------------------------------------------------------------
@@ -282,7 +290,7 @@ class MLPScorer(nn.Module):
 
 class BilinearScorer(nn.Module):
     """a_j = m_j . (W h^ + b), this project's cheaper scorer (not the paper's). Computed as
-    k_j . [1; h^] with the key k_j = [b . m_j; W^T m_j] made once per write, so a step needs no
+    k_j . [h^; 1] with the key k_j = [W^T m_j; b . m_j] made once per write, so a step needs no
     query projection, and scanning every memory is one batched product with the cached keys."""
 
     def __init__(self, hidden_size: int):
@@ -290,9 +298,9 @@ class BilinearScorer(nn.Module):
         self.key_width = hidden_size + 1
         self.query_proj = nn.Linear(hidden_size, hidden_size)
 
-    def key(self, m, memory):   # [b, W] is made once per sequence
+    def key(self, m, memory):   # [W, b] is made once per sequence
         if memory.key_weight is None:
-            memory.key_weight = torch.cat([self.query_proj.bias.unsqueeze(1), self.query_proj.weight], 1)
+            memory.key_weight = torch.cat([self.query_proj.weight, self.query_proj.bias.unsqueeze(1)], 1)
         return m @ memory.key_weight
 
     def cache(self, key):
@@ -305,7 +313,7 @@ class BilinearScorer(nn.Module):
         return (self.query_proj.weight,)
 
     def scan(self, h, memory):
-        h1 = F.pad(h, (1, 0), value=1.0)   # [1; h^]
+        h1 = F.pad(h, (0, 1), value=1.0)   # [h^; 1]
         # (this orientation of the batched product is several times faster than keys @ h1 on CPU)
         return torch.bmm(h1.unsqueeze(1), memory.keys.transpose(1, 2)).squeeze(1), h1
 
@@ -317,13 +325,13 @@ class BilinearScorer(nn.Module):
         torch.mul(g_a.unsqueeze(2), h1.unsqueeze(1), out=g_rows[:, :, H:])
         return torch.bmm(g_a.unsqueeze(1), m).squeeze(1) @ W, (None,)   # sum_j g_a_j W^T m_j
 
-    native_kind, native_extra = "dot", 0   # a_j = k_j . [1; h^]
+    native_kind, native_extra = "dot", 0   # a_j = k_j . [h^; 1]
 
     def native_query(self, h):
-        return F.pad(h, (1, 0), value=1.0)
+        return h
 
-    def native_grads(self, u, g_v, params):   # u = sum_j g_a_j m_j
-        return u @ params[0], (None,)
+    def native_grads(self, g_h, g_v, params):   # sum_j g_a_j W^T m_j, from the chosen keys
+        return g_h, (None,)
 
 
 class SeparableScorer(nn.Module):
@@ -479,25 +487,23 @@ class _AttentionStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scorer, sparsifier, memory, with_r, handle, h_hat, q, *params):
         long = memory.size > sparsifier.k_top
+        ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
+        ctx.width = memory.width
         ctx.native = memory.native and sparsifier.native and long
         if ctx.native:   # the same read, compiled (methods/_sab_native.cpp)
             query = scorer.native_query(h_hat if q is None else q)
-            v = params[0] if scorer.native_kind == "mlp" else None
-            idx, flat, a, w, w_f, moz, m, z, h, r = _sab_native.read(
-                memory, scorer.native_kind, query, v, h_hat, sparsifier.n, sparsifier.released, sparsifier.floor,
-                with_r)
-            aux, extra = (w_f, moz), (() if z is None else (z,))
-        else:
-            idx, flat, a, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory,
-                                                                     h_hat if q is None else q)
+            flat, weights, m, z, h, r = _sab_native.read(memory, scorer.native_kind, query, params, h_hat,
+                                                         sparsifier, with_r)
+            if memory.trace is not None:
+                a, w = weights[0], weights[1]
+                memory.trace.read(a, w, sparsifier.threshold(a))
+            ctx.save_for_backward(flat, weights, m, query, *(() if z is None else (z,)), *params)
+            return (h, r) if with_r else h
+        idx, flat, a, w, aux, m, query, extra = choose_and_weigh(scorer, sparsifier, memory, h_hat if q is None else q)
         if memory.trace is not None:
             memory.trace.read(a, w, sparsifier.threshold(a) if long else None)
-        ctx.scorer, ctx.sparsifier, ctx.store, ctx.query_is_h = scorer, sparsifier, memory.store, q is None
         ctx.n_aux, ctx.n_extra = len(aux), len(extra)
-        ctx.width = memory.width
         ctx.save_for_backward(flat, w, m, query, *aux, *extra, *params)
-        if ctx.native:
-            return (h, r) if with_r else h
         if with_r:
             r = torch.bmm(w.unsqueeze(1), m).squeeze(1)
             return h_hat + r, r
@@ -505,18 +511,17 @@ class _AttentionStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_h, g_r=None):
-        flat, w, m, query, *rest = ctx.saved_tensors
-        aux, rest = rest[:ctx.n_aux], rest[ctx.n_aux:]
-        extra, params = rest[:ctx.n_extra], rest[ctx.n_extra:]
         g_read = g_h if g_r is None else g_h + g_r
         if ctx.native:
-            kind = ctx.scorer.native_kind
-            g_q, g_v = _sab_native.read_backward(
-                g_read, kind, ctx.sparsifier.threshold_grad, ctx.width, flat, w, *aux, m, query,
-                extra[0] if extra else None, params[0] if kind == "mlp" else None,
-                ctx.store.buffer(g_read, ctx.width))
+            flat, weights, m, query, *params = ctx.saved_tensors
+            z = params.pop(0) if ctx.scorer.native_kind == "mlp" else None
+            g_q, g_v = _sab_native.read_backward(g_read, ctx.scorer.native_kind, ctx.sparsifier.threshold_grad,
+                                                 flat, weights, m, query, z, params, ctx.store, ctx.width)
             g_q, g_params = ctx.scorer.native_grads(g_q, g_v, params)
         else:
+            flat, w, m, query, *rest = ctx.saved_tensors
+            aux, rest = rest[:ctx.n_aux], rest[ctx.n_aux:]
+            extra, params = rest[:ctx.n_extra], rest[ctx.n_extra:]
             H = g_h.shape[1]
             g_a = ctx.sparsifier.backward(torch.bmm(g_read.unsqueeze(1), m.transpose(1, 2)).squeeze(1), w, aux)
             g_rows = m.new_empty(m.shape[:2] + (ctx.width,))               # [d/d m_j; d/d key_j]
@@ -534,7 +539,7 @@ def choose_and_weigh(scorer, sparsifier, memory, q):
     and what the sparsifier's backward needs, their values m [B, n, H], and the query and what the
     scorer's backward needs.
     Long memory: the top n rows by score (sorted, descending; ties broken by torch.topk's order,
-    deterministic on CPU); short: every row. (Called where autograd does not record: inside the
+    deterministic on CPU; the compiled read puts the earlier memory first); short: every row. (Called where autograd does not record: inside the
     Function's forward, or under no_grad.)"""
     scores, q = scorer.scan(q, memory)
     long = memory.size > sparsifier.k_top

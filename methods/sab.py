@@ -25,8 +25,9 @@ Choices (`variant=paper`, the default), each pinned by tests/test_sab.py:
 - short memory (k_top or fewer entries): every memory is read, with softmax weights over its
   scores (there is no (k_top+1)-th score to subtract); an empty memory reads zero.
 - long memory: the top k_top + 1 are chosen without gradient from cached keys; ties are broken by
-  torch.topk's order (deterministic on CPU), and a memory tied with the threshold gets weight 0,
-  so which tied one is chosen does not change the forward value.
+  torch.topk's order (deterministic on CPU; the compiled CPU read puts the earlier memory first),
+  and a memory tied with the threshold gets weight 0, so which tied one is chosen does not change
+  the forward value (the threshold's gradient goes to the one chosen).
 - normaliser: w = relu(a - a_(k+1)) / max(sum, 1e-12): the weights sum to exactly 1 unless all
   k_top scores tie with the threshold (then nothing is read).
 - gradient per read: k_top + 1 memories receive gradient, not k_top. The threshold score a_(k+1)

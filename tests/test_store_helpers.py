@@ -44,6 +44,7 @@ def code_files(name):
 
 def test_the_registered_methods_hash_what_they_use():
     assert code_files("bptt") == {"methods/bptt.py"}                     # SAB's network is not bptt's code
-    assert code_files("sab") == {"methods/sab.py", "methods/_sab_network.py"}
+    assert code_files("sab") == {"methods/sab.py", "methods/_sab_network.py", "methods/_sab_native.py",
+                                 "methods/_sab_native.cpp", "methods/__init__.py"}   # (from . import _sab_native)
     assert {"harness/online.py", "harness/jacobians.py"} <= code_files("rtrl")
     assert {"methods/eprop.py", "methods/_unitwise.py", "harness/online.py"} <= code_files("rflo")
