@@ -28,8 +28,10 @@ are checked against plain autograd in float64 and by finite differences (tests/t
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -43,6 +45,48 @@ EPS_PAPER = 1e-12     # default floor of the normaliser: the weights sum to exac
 EPS_RELEASED = 1e-7   # the release adds this to the threshold and to the normaliser
 
 
+class _Spare:
+    """The large no-grad buffers of finished sequences (memory buffers outgrown or dropped, gradient
+    stores whose graph is gone), kept for the next sequence on the CPU: a fresh buffer of 16 MB costs
+    a page fault per 4 KB on first touch (here 6 ms to 50 ms per training step at T = 1000, a tenth of
+    a SAB step, most of it outside the process's CPU time), a reused one none. A buffer is handed out
+    again only if nothing else shares its storage (no view of it outlived its owner); at most `keep`
+    are kept, the most recent."""
+
+    def __init__(self, keep: int = 32, smallest: int = 1 << 20):
+        self.free: collections.deque[torch.Tensor] = collections.deque(maxlen=keep)
+        self.smallest = smallest   # bytes: smaller buffers come from malloc's own free lists
+
+    def give(self, *buffers: torch.Tensor | None) -> None:
+        for t in buffers:
+            if t is not None and t.device.type == "cpu" and t.numel() * t.element_size() >= self.smallest:
+                self.free.append(t)
+
+    def give_held(self, held: dict) -> None:
+        self.give(*held.values())
+
+    def empty(self, like: torch.Tensor, *shape: int) -> torch.Tensor:
+        for i, t in enumerate(self.free):
+            if t.shape == shape and t.dtype == like.dtype and t.device == like.device and _unshared(t):
+                del self.free[i]
+                return t
+        return like.new_empty(shape)
+
+    def zeros(self, like: torch.Tensor, *shape: int) -> torch.Tensor:
+        return self.empty(like, *shape).zero_()
+
+
+def _unshared(t: torch.Tensor) -> bool:
+    """Whether t alone holds its storage (1 for t, 1 for the storage object asked)."""
+    try:
+        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
+    except AttributeError:   # a PyTorch without this internal: never reuse
+        return False
+
+
+SPARE = _Spare()
+
+
 class _GradStore:
     """Gradient accumulated for each memory row [value; key] during one backward pass, laid out like
     the memory's buffer: row j * B + b for memory j of lane b. Held by the autograd nodes; it
@@ -51,14 +95,17 @@ class _GradStore:
     def __init__(self, batch_size: int):
         self.B, self.rows, self.grad = batch_size, 0, None
         self.keys = None   # the memory's cached keys (the compiled bilinear backward reads W^T m_j there)
+        self.held = {}     # its large buffers, spare once the store (and so its graph) is gone
+        weakref.finalize(self, SPARE.give_held, self.held)
 
     def buffer(self, like: torch.Tensor, width: int) -> torch.Tensor:
         """The accumulator [rows, width], zeros when first asked for; grown (zeros added) when the
         memory has grown since (a backward pass before the sequence's end, then another)."""
         if self.grad is None:
-            self.grad = like.new_zeros(self.rows, width)
+            self.grad = SPARE.zeros(like, self.rows, width)
         elif self.grad.shape[0] < self.rows:
             self.grad = torch.cat([self.grad, self.grad.new_zeros(self.rows - self.grad.shape[0], width)])
+        self.held["grad"] = self.grad
         return self.grad
 
     def accumulate(self, flat: torch.Tensor, g: torch.Tensor) -> None:
@@ -160,6 +207,9 @@ class Memory:
         self.store = _GradStore(self.B)
         self.handle = like.new_zeros(())
         self.key_weight = None   # a scorer's per-sequence key projection, if it has one
+        # values and the extra cache are spare once the memory is gone (no backward reads them; the
+        # keys go with the gradient store)
+        weakref.finalize(self, lambda bufs: SPARE.give(bufs[0], bufs[2]), self.bufs)
 
     def write(self, m: torch.Tensor, key: torch.Tensor | None, cached_key: torch.Tensor | None,
               extra: torch.Tensor | None = None) -> None:
@@ -170,11 +220,13 @@ class Memory:
                 capacity = max(8, 2 * self.size)
                 for i, width in enumerate(self.widths):
                     if width:
-                        grown = m.new_empty(capacity, self.B, width)
+                        grown = SPARE.empty(m, capacity, self.B, width)
                         if self.size:
                             grown[:self.size] = self.bufs[i][:self.size]
+                        SPARE.give(self.bufs[i])
                         self.bufs[i] = grown
-                self.store.rows, self.store.keys = capacity * self.B, self.bufs[1]
+                self.store.rows = capacity * self.B
+                self.store.keys = self.store.held["keys"] = self.bufs[1]
             for buf, new in zip(self.bufs, (m, cached_key, extra)):
                 if new is not None and buf is not None:
                     buf[self.size, :, :new.shape[1]] = new
