@@ -50,17 +50,19 @@ class _Spare:
     stores whose graph is gone), kept for the next sequence on the CPU: a fresh buffer of 16 MB costs
     a page fault per 4 KB on first touch (here 6 ms to 50 ms per training step at T = 1000, a tenth of
     a SAB step, most of it outside the process's CPU time), a reused one none. A buffer is handed out
-    again only if nothing else shares its storage (no view of it outlived its owner); at most `keep`
-    are kept, the most recent."""
+    again only if nothing else shares its storage (no view of it outlived its owner); the most
+    recent are kept, up to `max_bytes` in all."""
 
-    def __init__(self, keep: int = 32, smallest: int = 1 << 20):
-        self.free: collections.deque[torch.Tensor] = collections.deque(maxlen=keep)
-        self.smallest = smallest   # bytes: smaller buffers come from malloc's own free lists
+    def __init__(self, max_bytes: int = 256 << 20, smallest: int = 1 << 20):
+        self.free: collections.deque[torch.Tensor] = collections.deque()
+        self.max_bytes, self.smallest = max_bytes, smallest   # smaller ones: malloc's free lists serve
 
     def give(self, *buffers: torch.Tensor | None) -> None:
         for t in buffers:
-            if t is not None and t.device.type == "cpu" and t.numel() * t.element_size() >= self.smallest:
+            if t is not None and t.device.type == "cpu" and self.smallest <= _bytes(t) <= self.max_bytes:
                 self.free.append(t)
+        while sum(map(_bytes, self.free)) > self.max_bytes:
+            self.free.popleft()
 
     def give_held(self, held: dict) -> None:
         self.give(*held.values())
@@ -74,6 +76,10 @@ class _Spare:
 
     def zeros(self, like: torch.Tensor, *shape: int) -> torch.Tensor:
         return self.empty(like, *shape).zero_()
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _unshared(t: torch.Tensor) -> bool:

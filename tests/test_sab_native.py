@@ -459,3 +459,53 @@ def test_a_backward_before_the_memory_grows_then_another_gives_the_pytorch_reads
             grads.append([p.grad.clone() for p in net.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max()))
+
+
+def test_a_spare_buffer_is_handed_out_again_only_when_nothing_else_shares_it():
+    from methods._sab_network import _Spare
+    spare, like = _Spare(smallest=0), torch.zeros(1)
+    t = torch.ones(4, 8)
+    view = t[1]
+    spare.give(t)
+    assert spare.empty(like, 4, 8) is not t   # a view of it is alive: someone may still read it
+    assert spare.empty(like, 4, 9) is not t   # another shape
+    del view
+    assert spare.empty(like, 4, 8) is t
+    spare.give(t)
+    assert torch.equal(spare.zeros(like, 4, 8), torch.zeros(4, 8))
+
+
+def test_the_spare_buffers_keep_within_their_byte_limit():
+    from methods._sab_network import _Spare
+    spare = _Spare(max_bytes=3 * 4 * 32, smallest=0)
+    for _ in range(5):
+        spare.give(torch.zeros(32))
+    assert len(spare.free) == 3
+    spare.give(torch.zeros(1000))   # larger than the limit: not kept
+    assert all(t.numel() == 32 for t in spare.free)
+
+
+@pytest.mark.parametrize("scorer", ["mlp", "bilinear"])
+def test_sequences_on_reused_buffers_compute_what_fresh_buffers_do(scorer, monkeypatch):
+    """Buffers and gradient stores of a finished sequence, reused by the next, hold nothing of it:
+    the same sequence on fresh and on reused buffers gives bitwise the same outputs and gradients."""
+    from methods import _sab_network
+
+    class Counting(_sab_network._Spare):
+        reused = 0
+
+        def empty(self, like, *shape):
+            kept = list(self.free)
+            t = super().empty(like, *shape)
+            Counting.reused += any(t is k for k in kept)
+            return t
+
+    net, x = network(scorer, dtype=torch.float32, H=128, k_att=1), inputs(torch.float32, L=40, B=8)
+    monkeypatch.setattr(_sab_network, "SPARE", Counting(smallest=0))
+    first = forward_backward(net, x, 4, True, monkeypatch)
+    assert Counting.reused == 0
+    again = forward_backward(net, x, 4, True, monkeypatch)
+    assert Counting.reused >= 3   # values, keys (and the mlp's extra) and the gradient store, at least
+    torch.testing.assert_close(again[0], first[0], rtol=0, atol=0)
+    for a, b in zip(again[1], first[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
