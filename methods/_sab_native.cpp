@@ -52,6 +52,9 @@ template <> struct Bits<double> {
 
 template <typename T> inline T exp_(T x) {
   using B = Bits<T>;
+  const bool nan = x != x;
+  const T given = x;
+  x = nan ? T(0) : x;   // converting NaN to an integer below would be undefined
   x = x < B::lo ? B::lo : x;
   x = x > B::hi ? B::hi : x;
   T n = (x * T(1.4426950408889634) + B::round) - B::round;   // round to nearest
@@ -70,7 +73,7 @@ template <typename T> inline T exp_(T x) {
   typename B::Int bits = (typename B::Int(n) + B::bias) << B::mantissa;
   T scale;
   std::memcpy(&scale, &bits, sizeof(T));
-  return p * scale;
+  return nan ? given : p * scale;
 }
 
 // tanh(x) = (e^2x - 1) / (e^2x + 1): absolute error about one unit of 1.0 (what the scores need).

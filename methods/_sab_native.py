@@ -7,8 +7,10 @@ built (no compiler) it warns once, naming why, and reads with PyTorch operations
 CREDITBENCH_SAB_NATIVE=0 turns it off (to compare the two).
 
 The two reads are the same arithmetic up to rounding, not bitwise (tests/test_sab_native.py holds
-them together in float64, and tests/test_sab.py each to autograd): a run is bitwise reproducible on
-one machine with one of them."""
+them together in float64, and tests/test_sab.py each to autograd), and exactly tied scores go to
+the earlier memory here, in torch.topk's order there: a run is bitwise reproducible on one machine
+with one of them. Records do not say which read ran (on a machine with g++, the compiled one unless
+CREDITBENCH_SAB_NATIVE=0)."""
 from __future__ import annotations
 
 import ctypes
@@ -36,7 +38,8 @@ def _processor() -> str:
     different machines keeps one library per kind)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({l for l in lines if l.startswith(("model name", "flags"))}))
+        keep = ("model name", "flags", "Features", "CPU implementer", "CPU part")   # x86; aarch64
+        return platform.machine() + "\n" + "\n".join(sorted({l for l in lines if l.startswith(keep)}))
     except OSError:
         return platform.processor() or platform.machine()
 
@@ -45,12 +48,14 @@ def _cache_dir() -> Path:
     root = os.environ.get("CREDITBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "creditbench")
     for folder in (Path(root), Path(tempfile.gettempdir()) / f"creditbench-{os.getuid()}"):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = folder.stat()
+            # a library loaded from here runs as this user: only from a folder no one else can write
+            if os.access(folder, os.W_OK) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
                 return folder
         except OSError:
             continue
-    raise OSError(f"no writable cache folder ({root} nor the temporary folder)")
+    raise OSError(f"no cache folder of this user's that only it can write ({root}, nor one in the temporary folder)")
 
 
 def _build() -> ctypes.CDLL:
@@ -93,7 +98,7 @@ def library() -> ctypes.CDLL | None:
         else:
             try:
                 _lib = _build()
-            except (OSError, subprocess.SubprocessError, AttributeError) as e:
+            except Exception as e:  # noqa: BLE001 - whatever stops the build, the PyTorch read serves
                 _why_not = str(e)
                 warnings.warn(f"SAB's compiled read is unavailable ({_why_not}); using the PyTorch read "
                               f"(same results up to rounding, slower)", RuntimeWarning, stacklevel=2)
@@ -111,12 +116,13 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def read(memory, kind: str, q: torch.Tensor, params, h_hat: torch.Tensor, sparsifier, with_r: bool):
     """One long read (|M| > sparsifier.k_top) without gradient, as choose_and_weigh and
-    _AttentionStep.forward compute it: (flat, weights, m, z, h, r) with flat [B * n] the chosen rows,
+    _AttentionStep.forward compute it: (q, flat, weights, m, z, h, r) with q the query as read
+    (contiguous: the backward reads it as such), flat [B * n] the chosen rows,
     weights [4, B, n] = (scores a, weights w, w_f, mask / Z) (Sparsifier.forward), m [B, n, H] their
     values, z the MLP's tanh of them (else None), h = h^ + r and r [B, H] (None unless with_r)."""
     B, H = h_hat.shape
     n = sparsifier.n
-    h_hat, q = h_hat.contiguous(), q.contiguous()
+    h_hat, q, v = h_hat.contiguous(), q.contiguous(), params[0].contiguous() if kind == "mlp" else None
     flat = torch.empty(B * n, dtype=torch.int64)
     weights = h_hat.new_empty(4, B, n)
     m = h_hat.new_empty(B, n, H)
@@ -128,11 +134,11 @@ def read(memory, kind: str, q: torch.Tensor, params, h_hat: torch.Tensor, sparsi
     step = B * n * h_hat.element_size()
     w = weights.data_ptr()
     if fn(vals.data_ptr(), vrow, keys.data_ptr(), krow, _ptr(extra), erow, B, memory.size, H, memory.key_width,
-          SCORER_KINDS[kind], q.data_ptr(), params[0].data_ptr() if kind == "mlp" else None, h_hat.data_ptr(), n,
+          SCORER_KINDS[kind], q.data_ptr(), _ptr(v), h_hat.data_ptr(), n,
           int(sparsifier.released), sparsifier.floor, flat.data_ptr(), w, w + step, w + 2 * step,
           w + 3 * step, m.data_ptr(), _ptr(z), h.data_ptr(), _ptr(r)):
         raise ValueError(f"compiled read: {n} rows chosen from a memory of {memory.size}")
-    return flat, weights, m, z, h, r
+    return q, flat, weights, m, z, h, r
 
 
 def read_backward(g: torch.Tensor, kind: str, threshold_grad: bool, flat, weights, m, q, z, params, store,
@@ -141,14 +147,15 @@ def read_backward(g: torch.Tensor, kind: str, threshold_grad: bool, flat, weight
     d/d h^ [B, H] (read from the chosen rows' cached keys), for "mlp" d/d q [B, H] and d/d v [H], for
     "add" d/d q [B]."""
     B, n, H = m.shape
-    g = g.contiguous()
+    g, q = g.contiguous(), q.contiguous()
+    v = params[0].contiguous() if kind == "mlp" else None
     g_q = g.new_empty(B) if kind == "add" else g.new_empty(B, H)
     g_v = g.new_empty(H) if kind == "mlp" else None
     fn = _lib.sab_read_backward_f if g.dtype == torch.float32 else _lib.sab_read_backward_d
     step = B * n * g.element_size()
     w = weights.data_ptr()
     fn(g.data_ptr(), B, n, H, width, width - H, SCORER_KINDS[kind], int(threshold_grad), w + step, w + 2 * step,
-       w + 3 * step, m.data_ptr(), q.data_ptr(), _ptr(z), params[0].data_ptr() if kind == "mlp" else None,
+       w + 3 * step, m.data_ptr(), q.data_ptr(), _ptr(z), _ptr(v),
        flat.data_ptr(), store.keys.data_ptr(), store.keys.shape[2], store.buffer(g, width).data_ptr(),
        g_q.data_ptr(), _ptr(g_v))
     return g_q, g_v

@@ -19,7 +19,8 @@ sparsifies and adds the weighted sum to h^_t; its backward is in closed form and
 row's gradient (value and key) into a per-sequence accumulator, from which `_Link` hands memory j
 its gradient. On the CPU the long reads run compiled (methods/_sab_native.py: one call forward, one
 backward, where PyTorch takes some thirty small operations); elsewhere, and for the short reads,
-in PyTorch operations (`choose_and_weigh`); the two agree to rounding (tests/test_sab_native.py). Autograd's dependency order runs `_Link` j only after every read that could have
+in PyTorch operations (`choose_and_weigh`); the two agree to rounding (tests/test_sab_native.py),
+except that exactly tied scores go to the earlier memory in the compiled read. Autograd's dependency order runs `_Link` j only after every read that could have
 chosen memory j. So nothing is concatenated per step, nothing loops over memories in Python, and the
 buffers autograd never saves are the only ones written in place. Tensors the backward needs go
 through `ctx.save_for_backward` (the saved-bytes meter counts them); the nodes hold only the
@@ -57,20 +58,22 @@ class _Spare:
         self.free: collections.deque[torch.Tensor] = collections.deque()
         self.max_bytes, self.smallest = max_bytes, smallest   # smaller ones: malloc's free lists serve
 
+    # (a finalizer may give while `empty` or `give` runs, from a collection an allocation set off:
+    # both read a copy of `free`)
     def give(self, *buffers: torch.Tensor | None) -> None:
         for t in buffers:
             if t is not None and t.device.type == "cpu" and self.smallest <= _bytes(t) <= self.max_bytes:
                 self.free.append(t)
-        while sum(map(_bytes, self.free)) > self.max_bytes:
+        while sum(map(_bytes, list(self.free))) > self.max_bytes:
             self.free.popleft()
 
     def give_held(self, held: dict) -> None:
         self.give(*held.values())
 
     def empty(self, like: torch.Tensor, *shape: int) -> torch.Tensor:
-        for i, t in enumerate(self.free):
+        for t in list(self.free):
             if t.shape == shape and t.dtype == like.dtype and t.device == like.device and _unshared(t):
-                del self.free[i]
+                self.free = collections.deque(k for k in self.free if k is not t)
                 return t
         return like.new_empty(shape)
 
@@ -550,8 +553,8 @@ class _AttentionStep(torch.autograd.Function):
         ctx.native = memory.native and sparsifier.native and long
         if ctx.native:   # the same read, compiled (methods/_sab_native.cpp)
             query = scorer.native_query(h_hat if q is None else q)
-            flat, weights, m, z, h, r = _sab_native.read(memory, scorer.native_kind, query, params, h_hat,
-                                                         sparsifier, with_r)
+            query, flat, weights, m, z, h, r = _sab_native.read(memory, scorer.native_kind, query, params, h_hat,
+                                                                sparsifier, with_r)
             if memory.trace is not None:
                 a, w = weights[0], weights[1]
                 memory.trace.read(a, w, sparsifier.threshold(a))
