@@ -17,14 +17,15 @@ and copied into no-grad buffers [capacity, B, width] (values, keys). One autogra
 (`_AttentionStep`) scores every memory from those buffers, chooses the top rows, gathers them,
 sparsifies and adds the weighted sum to h^_t; its backward is in closed form and adds each chosen
 row's gradient (value and key) into a per-sequence accumulator, from which `_Link` hands memory j
-its gradient. On the CPU the long reads run compiled (methods/_sab_native.py: one call forward, one
-backward, where PyTorch takes some thirty small operations); elsewhere, and for the short reads,
-in PyTorch operations (`choose_and_weigh`); the two agree to rounding (tests/test_sab_native.py),
-except that exactly tied scores go to the earlier memory in the compiled read. Autograd's dependency order runs `_Link` j only after every read that could have
+its gradient. Autograd's dependency order runs `_Link` j only after every read that could have
 chosen memory j. So nothing is concatenated per step, nothing loops over memories in Python, and the
-buffers autograd never saves are the only ones written in place. Tensors the backward needs go
-through `ctx.save_for_backward` (the saved-bytes meter counts them); the nodes hold only the
-accumulator, which holds no tensor of the graph: no reference cycle (tested). The closed forms
+buffers autograd never saves are the only ones written in place. On the CPU the long reads run
+compiled (methods/_sab_native.py: one call forward, one backward, where PyTorch takes some thirty
+small operations); elsewhere, and for the short reads, in PyTorch operations (`choose_and_weigh`);
+the two agree to rounding (tests/test_sab_native.py), except that exactly tied scores go to the
+earlier memory in the compiled read. Tensors the backward needs go through `ctx.save_for_backward`
+(the saved-bytes meter counts them); the nodes hold only the accumulator, which holds no tensor of
+the graph: no reference cycle (tested). The closed forms
 are checked against plain autograd in float64 and by finite differences (tests/test_sab.py).
 """
 from __future__ import annotations
@@ -337,7 +338,7 @@ class MLPScorer(nn.Module):
     # per element where tanh costs twenty operations (the compiled read falls back to tanh for a lane
     # whose |2 q| is too large for E_j Q to be exact; saturated products give +-1 as tanh does)
     native_kind = "mlp"
-    native_extra = property(lambda self: self.key_width)
+    native_extra = property(lambda self: self.key_width)   # E_j, as wide as c_j
 
     def native_cache(self, cached):
         return cached.exp()
