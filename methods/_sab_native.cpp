@@ -13,7 +13,9 @@
 // holding memory j of lane b: values (row vrow >= H), cached keys (krow >= kw) and an extra cache
 // (erow); the gradient store G has rows [d/d value (H); d/d key (kw)], laid out alike.
 // Scorers (the cached key of each):
-//   DOT  a_j = key_j . [q; 1]     (bilinear: key [W^T m; b . m], q = h^, kw = H + 1)
+//   DOT  a_j = key_j . [q; 1]     (bilinear: key [W^T m; b . m], q = h^, kw = H + 1); the scan reads
+//        b . m from extra (one float per row, packed: B of them per memory), so that a key row's
+//        H floats fill whole cache lines and the (H+1)-th's line is not read
 //   MLP  a_j = v . tanh(c_j / 2 + q)   (key c = 2 W_m m, extra E = exp(c), q = W_q h^ + b, kw = H)
 //        = sum(v) - 2 sum_k v_k / (1 + E_jk Q_k) with Q = exp(2 q). With |2q| <= qmax (40 in
 //        float, 300 in double), wherever tanh is not yet +-1 to rounding (|c + 2q| below about 40)
@@ -89,7 +91,7 @@ template <typename T> inline bool above(T a, T b) { return a > b || (std::isnan(
 // apart in the buffer read: keys for DOT, E for MLP), so that q, v and Q are loaded once for four.
 template <typename T>
 inline void score_four(const T* row, int64_t stride, int64_t kw, int64_t scorer, const T* qb, const T* v,
-                       const T* Qb, T v_sum, T* out) {
+                       const T* Qb, T v_sum, const T* bias, int64_t bstride, T* out) {
   const T *k0 = row, *k1 = row + stride, *k2 = row + 2 * stride, *k3 = row + 3 * stride;
   T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   if (scorer == DOT) {
@@ -102,7 +104,7 @@ inline void score_four(const T* row, int64_t stride, int64_t kw, int64_t scorer,
       s2 += k2[k] * x;
       s3 += k3[k] * x;
     }
-    out[0] = s0 + k0[H], out[1] = s1 + k1[H], out[2] = s2 + k2[H], out[3] = s3 + k3[H];
+    out[0] = s0 + bias[0], out[1] = s1 + bias[bstride], out[2] = s2 + bias[2 * bstride], out[3] = s3 + bias[3 * bstride];
   } else {
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t k = 0; k < kw; ++k) {
@@ -118,12 +120,13 @@ inline void score_four(const T* row, int64_t stride, int64_t kw, int64_t scorer,
 
 // The same for one row.
 template <typename T>
-inline T score_one(const T* row, int64_t kw, int64_t scorer, const T* qb, const T* v, const T* Qb, T v_sum) {
+inline T score_one(const T* row, int64_t kw, int64_t scorer, const T* qb, const T* v, const T* Qb, T v_sum,
+                   const T* bias) {
   T s = 0;
   if (scorer == DOT) {
 #pragma omp simd reduction(+ : s)
     for (int64_t k = 0; k < kw - 1; ++k) s += row[k] * qb[k];
-    return s + row[kw - 1];
+    return s + bias[0];
   }
 #pragma omp simd reduction(+ : s)
   for (int64_t k = 0; k < kw; ++k) s += v[k] / (T(1) + row[k] * Qb[k]);
@@ -157,13 +160,14 @@ void score_all(const T* keys, int64_t krow, const T* extra, int64_t erow, int64_
         }
       } else {
         const bool dot = scorer == DOT;
-        const T* row = dot ? key : extra + (j * B + b) * erow;
+        const T* cache = extra + (j * B + b) * erow;   // DOT: b . m; MLP: E
+        const T* row = dot ? key : cache;
         const int64_t stride = B * (dot ? krow : erow);
         const T* qb = q + b * (dot ? kw - 1 : kw);
         if (block == 4)
-          score_four(row, stride, kw, scorer, qb, v, Q + b * kw, v_sum, o);
+          score_four(row, stride, kw, scorer, qb, v, Q + b * kw, v_sum, cache, B * erow, o);
         else
-          o[0] = score_one(row, kw, scorer, qb, v, Q + b * kw, v_sum);
+          o[0] = score_one(row, kw, scorer, qb, v, Q + b * kw, v_sum, cache);
       }
     }
     j += block;

@@ -210,7 +210,8 @@ class Memory:
         self.width = self.H + key_width   # of the gradient store's rows
         self.extra = native_extra if self.native else 0
         per_line = 64 // like.element_size() if self.native else 1
-        self.widths = [-(-w // per_line) * per_line for w in (self.H, key_width, self.extra)]
+        # (a one-float extra cache, the bilinear b . m, is packed: B of them share a line)
+        self.widths = [w if w == 1 else -(-w // per_line) * per_line for w in (self.H, key_width, self.extra)]
         self.bufs = [None, None, None]   # values, keys, extra
         self.scratch = None
         self.lanes = torch.arange(self.B, device=like.device)[:, None]
@@ -387,7 +388,10 @@ class BilinearScorer(nn.Module):
         torch.mul(g_a.unsqueeze(2), h1.unsqueeze(1), out=g_rows[:, :, H:])
         return torch.bmm(g_a.unsqueeze(1), m).squeeze(1) @ W, (None,)   # sum_j g_a_j W^T m_j
 
-    native_kind, native_extra = "dot", 0   # a_j = k_j . [h^; 1]
+    native_kind, native_extra = "dot", 1   # a_j = k_j . [h^; 1]; the compiled scan reads b . m_j apart
+
+    def native_cache(self, cached):
+        return cached[:, -1:]
 
     def native_query(self, h):
         return h
