@@ -277,10 +277,9 @@ int read(const T* vals, int64_t vrow, const T* keys, int64_t krow, const T* extr
 }
 
 // The closed-form gradient of one read: given g = dL/d(read-out) [B, H], adds each chosen row's
-// gradient [d/d value; d/d key] into the memory's gradient store G, and writes g_q (DOT: d/d h^
-// [B, H]; MLP: d/d q [B, H];
-// ADD: d/d q [B]) and g_v (MLP: [H]). DOT: g_q is d/d h^ = sum_i g_a_i W^T m_i, read from the
-// chosen rows' cached keys [W^T m; b . m] (keys, krow).
+// gradient [d/d value; d/d key] into the memory's gradient store G, and writes g_q and g_v: DOT,
+// d/d h^ [B, H] = sum_i g_a_i W^T m_i, read from the chosen rows' cached keys [W^T m; b . m] (keys,
+// krow); MLP, d/d q [B, H] and d/d v [H]; ADD, d/d q [B].
 template <typename T>
 int read_backward(const T* g, int64_t B, int64_t n, int64_t H, int64_t width, int64_t kw, int64_t scorer,
                   int64_t threshold_grad, const T* w, const T* wf, const T* moz, const T* m, const T* q,
