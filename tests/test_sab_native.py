@@ -408,33 +408,6 @@ def test_editing_the_cpp_source_changes_sabs_source_hash_not_bptts(monkeypatch):
     assert not any(p.suffix in (".c", ".cc", ".cpp", ".h", ".hpp") for p in found)
 
 
-def test_compiled_companions_are_hashed_with_the_module_beside_them(tmp_path, monkeypatch):
-    """A module's same-stem .c/.cc/.cpp/.h/.hpp files count as its code; other files beside it do not."""
-    import sys
-    pkg = tmp_path / "cpkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "_fast.py").write_text("SOURCE = 'loaded at run time'\n")
-    (pkg / "_fast.cpp").write_text("int f() { return 1; }\n")
-    (pkg / "_fast.h").write_text("int f();\n")
-    (pkg / "_other.cpp").write_text("int g() { return 1; }\n")
-    (pkg / "mine.py").write_text("from . import _fast\nclass Mine:\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import cpkg.mine
-    try:
-        before = store.source_hash(cpkg.mine.Mine)
-        (pkg / "_other.cpp").write_text("int g() { return 2; }\n")   # no module of that stem: not its code
-        assert store.source_hash(cpkg.mine.Mine) == before
-        for name in ("_fast.cpp", "_fast.h"):
-            (pkg / name).write_text((pkg / name).read_text() + "// edited\n")
-            after = store.source_hash(cpkg.mine.Mine)
-            assert after != before, name
-            before = after
-    finally:
-        for name in ("cpkg", "cpkg.mine", "cpkg._fast"):
-            sys.modules.pop(name, None)
-
-
 @compiled
 @pytest.mark.parametrize("scorer", ["mlp", "bilinear"])
 def test_a_backward_before_the_memory_grows_then_another_gives_the_pytorch_reads_gradients(scorer, monkeypatch):
